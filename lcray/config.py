@@ -168,6 +168,20 @@ class TrainerConfig:
 
 
 @dataclass
+class PlacementConfig:
+    colocate: bool = False  # rollout engines and learners share one pool (bundle i = learner i + engine i) vs separate pools
+    num_nodes: int = 1  # nodes the whole job expects in the Ray cluster
+    rollout_num_nodes: int = 1  # nodes the rollout engines spread over
+    learner_num_nodes: int = 1  # nodes the learners spread over
+    cpus_per_engine: float = 1.0  # Ray CPUs reserved per rollout engine actor
+    gpus_per_engine: float = 0.0  # Ray GPUs reserved per rollout engine (on GPU = rollout.tensor_parallel_size; colocated e.g. 0.5)
+    cpus_per_scorer: float = 0.5  # Ray CPUs per scorer actor (scorers get no placement group)
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # how each placement group's bundles spread over nodes
+    learner_node_resource: Optional[str] = None  # custom Ray resource pinning learners to nodes that declare it (e.g. "learner_pool")
+    rollout_node_resource: Optional[str] = None  # custom Ray resource pinning rollout engines to nodes that declare it (e.g. "rollout_pool")
+
+
+@dataclass
 class LcrayConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # policy model
     data: DataConfig = field(default_factory=DataConfig)  # datasets and their columns
@@ -178,6 +192,7 @@ class LcrayConfig:
     ckpt: CkptConfig = field(default_factory=CkptConfig)  # checkpointing
     logging: LoggingConfig = field(default_factory=LoggingConfig)  # metrics and progress
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # the training loop
+    placement: PlacementConfig = field(default_factory=PlacementConfig)  # where each role's actors run (Ray placement groups)
 
     def validate(self) -> None:
         validate(self)
@@ -194,6 +209,7 @@ def _at_least(n: float, strict: bool = False) -> tuple:
 
 
 _POS, _NONNEG = _at_least(1), _at_least(0)
+_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")  # Ray's own resource names
 # dotted key -> (predicate, rule text); None values (Optional fields left unset) are skipped.
 _CHECKS: dict[str, tuple] = {
     "model.rope_theta": _at_least(0, strict=True), "model.max_position_embeddings": _POS,
@@ -216,6 +232,11 @@ _CHECKS: dict[str, tuple] = {
     "algo.nll_coef": _NONNEG, "algo.logo.num_negatives": _POS, "algo.solo_ra.alpha": _NONNEG,
     "ckpt.save_steps": _NONNEG, "ckpt.keep_last": _POS, "logging.log_every": _POS,
     "trainer.max_steps": _NONNEG, "trainer.eval_steps": _NONNEG,
+    **{f"placement.{k}": _POS for k in ("num_nodes", "rollout_num_nodes", "learner_num_nodes")},
+    **{f"placement.{k}": _NONNEG for k in ("cpus_per_engine", "gpus_per_engine", "cpus_per_scorer")},
+    **{f"placement.{k}": (lambda v: bool(v.strip()) and v not in _BUILTIN_RESOURCES,
+                          "a custom resource name (not empty, not CPU/GPU/memory)")
+       for k in ("learner_node_resource", "rollout_node_resource")},
 }
 
 
@@ -240,6 +261,21 @@ def validate(cfg: LcrayConfig) -> None:
     if cfg.scorer.reward == "reward_model" and not cfg.scorer.reward_model_path:
         raise ConfigError("scorer.reward_model_path: must be set when scorer.reward=reward_model",
                           key="scorer.reward_model_path")
+    pl = cfg.placement
+    if pl.colocate and cfg.rollout.num_engines != lr.num_learners:  # bundle i holds learner i and engine i
+        raise ConfigError(f"placement.colocate: must be false unless rollout.num_engines == learner.num_learners, "
+                          f"got {cfg.rollout.num_engines} engines and {lr.num_learners} learners", key="placement.colocate")
+    for role, n_nodes, n_actors, count_key in (
+            ("rollout", pl.rollout_num_nodes, cfg.rollout.num_engines, "rollout.num_engines"),
+            ("learner", pl.learner_num_nodes, lr.num_learners, "learner.num_learners")):
+        key = f"placement.{role}_num_nodes"
+        if n_nodes > pl.num_nodes:
+            raise ConfigError(f"{key}: must be <= placement.num_nodes ({pl.num_nodes}), got {n_nodes}", key=key)
+        if n_nodes > n_actors:  # a node with no actor of the role is a wasted reservation
+            raise ConfigError(f"{key}: must be <= {count_key} ({n_actors}), got {n_nodes}", key=key)
+        if n_nodes > 1 and pl.strategy == "STRICT_PACK":
+            raise ConfigError(f"{key}: must be 1 with placement.strategy=STRICT_PACK (all bundles on one node), "
+                              f"got {n_nodes}", key=key)
 
 
 # ----------------------------------------------------------------------------- building

@@ -38,7 +38,7 @@ class VLLMEngine:
         kv_cache_space_gb: int = 1,
         max_model_len: int | None = None,
         enforce_eager: bool = True,
-        dtype: str = "auto",
+        dtype: str = "float32",  # bf16 on CPUs without native bf16 garbles output (seen with SmolLM2)
         seed: int = 0,
     ) -> None:
         _set_vllm_env(kv_cache_space_gb)
@@ -56,6 +56,7 @@ class VLLMEngine:
             seed=seed,
         )
         self.startup_seconds = time.perf_counter() - start
+        self.tokenizer = self.llm.get_tokenizer()
         self.weight_version = 0
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> list[GenerationResult]:
@@ -71,7 +72,7 @@ class VLLMEngine:
             seed=sampling.seed,
             logprobs=0,  # 0 = only the sampled token's log-prob
         )
-        inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        inputs = [TokensPrompt(prompt_token_ids=self._prompt_ids(p)) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [
             GenerationResult(
@@ -88,6 +89,13 @@ class VLLMEngine:
             )
             for out in outputs
         ]
+
+    def _prompt_ids(self, prompt: Prompt) -> list[int]:
+        # Text is tokenized WITHOUT special tokens, like the transformers engine: prompts are
+        # rendered by a chat template that already holds BOS; vLLM's default would add a second.
+        if isinstance(prompt, str):
+            return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return list(prompt)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.llm.collective_rpc(

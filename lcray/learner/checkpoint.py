@@ -1,10 +1,14 @@
 """Writing models and learner checkpoints to disk (atomically)."""
 from __future__ import annotations
 
+import json
 import os
+import random
+import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lcray.utils.fs import atomic_dir
@@ -31,3 +35,81 @@ def write_hf_folder(state: dict[str, torch.Tensor], source_dir: str | os.PathLik
             pass
         tokenizer.save_pretrained(tmp)
     return Path(out_dir)
+
+
+# ---------------------------------------------------------------------- resumable checkpoints
+# Layout under ckpt.path:
+#   step-00000004/ ds/ (DeepSpeed: model, optimizer, scheduler partitions), hf/ (HF folder),
+#                  rng_rank{r}.pt, trainer_state.json (step + the driver's client state,
+#                  e.g. the data cursor)
+#   latest         name of the newest COMPLETE checkpoint (written last, atomically)
+# All ranks write into .tmp-step-N; rank 0 renames it once every rank is done, so a crash
+# mid-save leaves only a temp folder that the next save replaces. Multi-node runs need
+# ckpt.path on a shared file system (the KubeRay manifests mount a PVC).
+LATEST = "latest"
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
+    marker = Path(root) / LATEST
+    if not marker.is_file():
+        return None
+    path = Path(root) / marker.read_text().strip()
+    return path if (path / "trainer_state.json").is_file() else None
+
+
+def save_checkpoint(learner: Any, root: str | os.PathLike[str], client_state: dict, *, keep_last: int = 2) -> str | None:
+    """Collective: every rank calls it. Returns the checkpoint folder on rank 0."""
+    from lcray.utils.fs import atomic_write_text
+
+    root = Path(root)
+    tag = f"step-{learner.global_step:08d}"
+    tmp, final = root / f".tmp-{tag}", root / tag
+    if learner.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    learner.engine.save_checkpoint(str(tmp), tag="ds", client_state={}, save_latest=False)
+    torch.save(_rng_state(), tmp / f"rng_rank{learner.rank}.pt")
+    learner.save_hf_model(str(tmp / "hf"))
+    _barrier()
+    if learner.rank != 0:
+        _barrier()
+        return None
+    (tmp / "trainer_state.json").write_text(json.dumps({"global_step": learner.global_step, "client_state": client_state}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write_text(root / LATEST, tag)
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return str(final)
+
+
+def load_checkpoint(learner: Any, root: str | os.PathLike[str]) -> dict | None:
+    """Collective. Restores model, optimizer, scheduler, step and RNG; returns the client state
+    saved with it (None when there is no complete checkpoint under root)."""
+    path = latest_checkpoint(root)
+    if path is None:
+        return None
+    learner.engine.load_checkpoint(str(path), tag="ds", load_optimizer_states=True, load_lr_scheduler_states=True)
+    rng = path / f"rng_rank{learner.rank}.pt"
+    if rng.is_file():  # absent when resuming with more ranks than were saved
+        _set_rng_state(torch.load(rng, weights_only=False))
+    state = json.loads((path / "trainer_state.json").read_text())
+    learner.global_step = state["global_step"]
+    return state["client_state"]

@@ -1,0 +1,52 @@
+"""Answer rewards for SoLoPO labelling (ALGORITHMS.md, "SoLoPO data construction" step 4).
+
+Thin layer over lcray.eval.metrics, so a training label and an evaluation score use the
+same normalization.
+
+Chain-of-thought: the SoLoPO prompt asks the policy to reason and then write
+"Answer: <answer>". If a response contains "Answer:" (any case), only the text after
+the LAST occurrence is scored -- otherwise a gold entity mentioned while reasoning
+(e.g. a rejected candidate) would count as a correct answer under sub-EM. Responses
+without the marker are scored whole.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from lcray.eval.metrics import exact_match, qa_f1, sub_em
+
+_METRICS = {"sub_em": sub_em, "em": exact_match, "f1": qa_f1}
+ANSWER_KINDS = tuple(_METRICS)
+_MARKER = re.compile(r"answer:", re.IGNORECASE)
+
+
+def extract_answer(response: str) -> str:
+    """The text after the last "Answer:" marker, or the whole response if there is none."""
+    last = None
+    for last in _MARKER.finditer(response):
+        pass
+    return response if last is None else response[last.end():]
+
+
+class AnswerScorer:
+    """Score responses against gold answers; `is_correct` turns scores into labels.
+
+    kind: "sub_em" (SoLoPO default), "em", or "f1" (correct when F1 >= f1_threshold).
+    """
+
+    def __init__(self, kind: str = "sub_em", f1_threshold: float = 0.5) -> None:
+        if kind not in _METRICS:
+            raise ValueError(f"unknown answer scorer {kind!r}; choose one of {ANSWER_KINDS}")
+        self.kind = kind
+        self.f1_threshold = f1_threshold
+        self._metric = _METRICS[kind]
+
+    def score(self, responses: Sequence[str], golds: Sequence[Sequence[str]]) -> list[float]:
+        if len(responses) != len(golds):
+            raise ValueError(f"{len(responses)} responses but {len(golds)} gold lists")
+        return [self._metric(extract_answer(r), g) for r, g in zip(responses, golds)]
+
+    def is_correct(self, responses: Sequence[str], golds: Sequence[Sequence[str]]) -> list[bool]:
+        threshold = self.f1_threshold if self.kind == "f1" else 1.0
+        return [s >= threshold for s in self.score(responses, golds)]
