@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,8 +140,10 @@ def run_probe(kind: str, timeout: float) -> dict:
     for line in reversed(out.splitlines()):
         if line.startswith(_PROBE_TAG):
             return json.loads(line[len(_PROBE_TAG):])
-    lines = [ln for ln in err.splitlines() if ln.strip()]  # the last one is usually the exception
-    raise RuntimeError(f"exit code {proc.returncode}: {lines[-1][:300] if lines else 'no output'}")
+    lines = [ln.strip() for ln in err.splitlines() if ln.strip()] or ["no output"]
+    # Report from the last exception header on: pydantic puts the actual reason on the lines after it.
+    start = max([i for i, ln in enumerate(lines) if re.match(r"[\w.]+(Error|Exception)\b", ln)] or [len(lines) - 1])
+    raise RuntimeError(f"exit code {proc.returncode}: {' '.join(lines[start:])[:300]}")
 
 
 def check_start(kind: str, timeout: float) -> Check:
@@ -159,9 +162,9 @@ def check_start(kind: str, timeout: float) -> Check:
 def collect(args: argparse.Namespace) -> list[Check]:
     results = [check_python(), *(check_package(d) for d in PACKAGES), check_cuda(), check_deepspeed_accelerator(),
                check_torch_extensions_dir(), check_demo_model()]
-    installed = {c.name for c in results if c.ok}
+    installed = {c.name for c in results if c.ok}  # a missing package already FAILed: one failure per cause
     for kind, skip in (("vllm", args.skip_vllm), ("ray", args.skip_ray)):
-        if skip or kind not in installed:  # a missing package already FAILed above: one failure per cause
+        if skip or kind not in installed:
             why = f"skipped (--skip-{kind})" if skip else f"not run: {kind} is not installed"
             results.append(Check(PROBES[kind], True, why, required=False, skipped=True))
         else:
@@ -186,13 +189,11 @@ def run(args: argparse.Namespace) -> int:
                           "checks": [asdict(c) | {"status": c.status} for c in results]}, indent=2))
     else:
         width = max(len(c.name) for c in results)
-        for c in results:
-            print(f"[{c.status:^4}] {c.name:<{width}}  {c.detail}")
+        print("\n".join(f"[{c.status:^4}] {c.name:<{width}}  {c.detail}" for c in results))
         counts = {s: sum(c.status == s for c in results) for s in ("OK", "WARN", "FAIL", "SKIP")}
         print("\n" + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
               + ("" if failed else " -> lcray is ready" + (" (see warnings)" if counts["WARN"] else "")))
     if failed:  # with --json on stderr, so stdout stays parseable
-        fixes = "".join(f"\n  - {c.fix or c.name + ': ' + c.detail}" for c in failed)
-        print(f"lcray is not ready, {len(failed)} required check(s) failed:{fixes}",
-              file=sys.stderr if args.json else None)
+        fixes = "".join(f"\n  - {c.fix or c.detail}" for c in failed)
+        print(f"NOT READY, {len(failed)} required check(s) failed:{fixes}", file=sys.stderr if args.json else None)
     return 1 if failed else 0

@@ -48,7 +48,7 @@ def test_missing_required_package_fails_and_names_it(
     assert report["ok"] is False
     failed = [c for c in report["checks"] if c["status"] == "FAIL"]
     assert [c["name"] for c in failed] == ["deepspeed"]
-    assert "deepspeed is not installed" in captured.err and "make install" in captured.err
+    assert "NOT READY" in captured.err and "deepspeed is not installed: run `make install`" in captured.err
 
     # The human-readable form ends with the same message.
     assert main(FAST[:-1]) == 1

@@ -45,6 +45,17 @@ class LearnerWorker:
         state = self.learner.export_state_dict()
         return None if state is None else [ray.put(state)]
 
+    def init_nccl_sync(self, rollout_handles: list, master_address: str, master_port: int, num_engine_workers: int) -> None:
+        """GPU clusters: join vLLM's NCCL weight-transfer group (rank 0 sends)."""
+        from lcray.actors.weight_sync import init_nccl_sender
+
+        self.nccl_sender = init_nccl_sender(self.learner.engine.module, rank=self.rank, rollout_handles=rollout_handles,
+                                            master_address=master_address, master_port=master_port,
+                                            num_engine_workers=num_engine_workers)
+
+    def send_weights_nccl(self) -> None:
+        self.nccl_sender.send_weights()
+
     def save_checkpoint(self, path: str, client_state: dict) -> str | None:
         from lcray.learner.checkpoint import save_checkpoint
 
@@ -79,6 +90,7 @@ class LearnerGroup:
         addr, port = ray.get(self.actors[0].rendezvous.remote())
         total = total_steps or cfg.trainer.max_steps
         self.info = ray.get([a.setup.remote(addr, port, total) for a in self.actors])
+        self.nccl = False  # weight sync channel; see init_nccl_sync
 
     def _all(self, method: str, *args: Any) -> list:
         return ray.get([getattr(a, method).remote(*args) for a in self.actors])
@@ -95,8 +107,19 @@ class LearnerGroup:
         return self._all("export_weights")[0][0]
 
     def sync_weights(self, rollout_pool: Any) -> int:
-        """Learner rank 0 -> every rollout engine, through the object store."""
+        """Learner rank 0 -> every rollout engine: NCCL broadcast once `init_nccl_sync` ran
+        (GPU), else through the object store. Returns the pool's new weight version."""
+        if self.nccl:
+            self._all("send_weights_nccl")
+            return rollout_pool.mark_synced()
         return rollout_pool.update_weights(self.export_weights())
+
+    def init_nccl_sync(self, rollout_pool: Any, tensor_parallel_size: int) -> None:
+        addr, port = ray.get(self.actors[0].rendezvous.remote())
+        workers = len(rollout_pool.actors) * tensor_parallel_size
+        self._all("init_nccl_sync", rollout_pool.actors, addr, port, workers)
+        rollout_pool.weights_provider = self.export_weights  # re-sync a restarted engine
+        self.nccl = True
 
     def save_checkpoint(self, path: str, client_state: dict) -> str:
         return self._all("save_checkpoint", path, client_state)[0]

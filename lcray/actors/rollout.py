@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ray
 
@@ -27,11 +27,29 @@ class RolloutWorker:
         """(weight version used, results): the pool checks the version to catch stale engines."""
         return self.engine.weight_version, self.engine.generate(prompts, sampling)
 
-    def update_weights(self, state_dict: dict, version: int) -> int:
-        # The engine counts its own updates; the pool's version is the source of truth.
+    def load_state_dict(self, state_dict: dict, version: int) -> int:
+        """Object-store weight sync: a full HF state dict."""
         self.engine.update_weights(state_dict.items())
-        self.engine.weight_version = version
+        self.engine.weight_version = version  # the pool's count is the source of truth
         return version
+
+    def set_weight_version(self, version: int) -> None:
+        self.engine.weight_version = version
+
+    # vLLM's NCCL weight-transfer protocol (the methods RayVLLMWeightSyncClient calls on its
+    # handles; see actors/weight_sync.py). Only the vLLM engine on GPU supports it.
+    def init_weight_transfer_engine(self, request: Any) -> None:
+        self.engine.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": request.init_info})
+
+    def start_weight_update(self) -> None:
+        self.engine.llm.collective_rpc("start_weight_update")
+
+    def update_weights(self, request: Any) -> None:
+        self.engine.llm.collective_rpc("update_weights", kwargs={"update_info": request.update_info})
+
+    def finish_weight_update(self) -> None:
+        self.engine.llm.collective_rpc("finish_weight_update")
+        self.engine.llm.reset_prefix_cache()
 
     def health(self) -> dict:
         return self.engine.health()
@@ -55,6 +73,9 @@ class RolloutPool:
         self.max_retries = max_retries
         self.version = 0
         self._weights_ref: Any = None  # newest weights in the object store
+        # Called to fetch the newest weights when a restarted engine must be re-synced and the
+        # last sync did not go through the object store (NCCL); set by the trainer.
+        self.weights_provider: Callable[[], Any] | None = None
 
     @classmethod
     def create(cls, num_engines: int, model_path: str, *, backend: str = "vllm",
@@ -111,14 +132,23 @@ class RolloutPool:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1.0)
+        if self._weights_ref is None and self.version > 0 and self.weights_provider is not None:
+            self._weights_ref = self.weights_provider()
         if self._weights_ref is not None:
-            ray.get(self.actors[i].update_weights.remote(self._weights_ref, self.version))
+            ray.get(self.actors[i].load_state_dict.remote(self._weights_ref, self.version))
 
     def update_weights(self, weights: Any) -> int:
         """Push a state dict (or an ObjectRef to one) to every engine; returns the new version."""
         self._weights_ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
         self.version += 1
-        ray.get([a.update_weights.remote(self._weights_ref, self.version) for a in self.actors])
+        ray.get([a.load_state_dict.remote(self._weights_ref, self.version) for a in self.actors])
+        return self.version
+
+    def mark_synced(self) -> int:
+        """After an out-of-band (NCCL) sync: bump the version on the pool and every engine."""
+        self._weights_ref = None
+        self.version += 1
+        ray.get([a.set_weight_version.remote(self.version) for a in self.actors])
         return self.version
 
     def health(self) -> list[dict]:

@@ -40,6 +40,7 @@ class VLLMEngine:
         enforce_eager: bool = True,
         dtype: str = "float32",  # bf16 on CPUs without native bf16 garbles output (seen with SmolLM2)
         seed: int = 0,
+        weight_transfer: str | None = None,  # "nccl" on GPU clusters (actors/weight_sync.py)
     ) -> None:
         _set_vllm_env(kv_cache_space_gb)
         from vllm import LLM  # imported late: the env above must be set first
@@ -54,6 +55,7 @@ class VLLMEngine:
             enforce_eager=enforce_eager,
             dtype=dtype,
             seed=seed,
+            **({"weight_transfer_config": {"backend": weight_transfer}} if weight_transfer else {}),
         )
         self.startup_seconds = time.perf_counter() - start
         self.tokenizer = self.llm.get_tokenizer()

@@ -7,23 +7,8 @@ import pytest
 from lcray.actors.learner import LearnerGroup
 from lcray.actors.rollout import RolloutPool
 from lcray.config import load_config
-from lcray.data.schema import PreferenceExample
 from lcray.engines import SamplingConfig
 from lcray.models import build_batch, load_causal_lm, load_tokenizer, sequence_logprobs
-
-
-def make_examples(tokenizer, n: int, offset: int = 0) -> list[PreferenceExample]:
-    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return [
-        PreferenceExample(
-            id=str(i),
-            prompt_ids=enc(f"Document {i}: The capital of Norland{i} is Velmora. Question: capital of Norland{i}?"),
-            chosen_ids=enc(" Velmora"),
-            rejected_ids=[enc(f" Kastor {i % 7}")],
-            long_prompt_ids=enc(f"Filler {i}. " * 12 + f"The capital of Norland{i} is Velmora. Question: capital of Norland{i}?"),
-        )
-        for i in range(offset, offset + n)
-    ]
 
 
 def config(model_dir, tmp_path, *overrides):
@@ -38,9 +23,8 @@ def run(group: LearnerGroup, batches) -> list[float]:
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_two_ranks_match_one_rank(ray_local, tiny_model_dir, tmp_path, stage):
-    tok = load_tokenizer(tiny_model_dir)
-    batches = [make_examples(tok, 4, offset=4 * s) for s in range(3)]
+def test_two_ranks_match_one_rank(ray_local, tiny_model_dir, tmp_path, stage, make_examples):
+    batches = [make_examples(4, offset=4 * s) for s in range(3)]
     curves = {}
     for k in (1, 2):
         group = LearnerGroup(config(tiny_model_dir, tmp_path, f"learner.num_learners={k}", f"learner.zero_stage={stage}"))
@@ -53,7 +37,7 @@ def test_two_ranks_match_one_rank(ray_local, tiny_model_dir, tmp_path, stage):
     assert curves[2] == pytest.approx(curves[1], rel=1e-4, abs=1e-5)
 
 
-def test_weight_sync_round_trip(ray_local, tiny_model_dir, tmp_path):
+def test_weight_sync_round_trip(ray_local, tiny_model_dir, tmp_path, make_examples):
     tok = load_tokenizer(tiny_model_dir)
     group = LearnerGroup(config(tiny_model_dir, tmp_path, "learner.zero_stage=3", "learner.learning_rate=0.01"))
     pool = RolloutPool.create(1, str(tiny_model_dir), backend="vllm", dtype="float32", max_model_len=512)
@@ -62,7 +46,7 @@ def test_weight_sync_round_trip(ray_local, tiny_model_dir, tmp_path):
         greedy = SamplingConfig(temperature=0.0, max_new_tokens=6)
         before = pool.generate([prompt], greedy)[0].completions[0]
         for s in range(3):
-            group.train_step(make_examples(tok, 4, offset=4 * s))
+            group.train_step(make_examples(4, offset=4 * s))
         weights = group.export_weights()
         assert group.sync_weights(pool) == 1
         after = pool.generate([prompt], greedy)[0].completions[0]
@@ -81,9 +65,8 @@ def test_weight_sync_round_trip(ray_local, tiny_model_dir, tmp_path):
         group.shutdown()
 
 
-def test_resume_reproduces_next_losses(ray_local, tiny_model_dir, tmp_path):
-    tok = load_tokenizer(tiny_model_dir)
-    batches = [make_examples(tok, 4, offset=4 * s) for s in range(4)]
+def test_resume_reproduces_next_losses(ray_local, tiny_model_dir, tmp_path, make_examples):
+    batches = [make_examples(4, offset=4 * s) for s in range(4)]
     cfg = config(tiny_model_dir, tmp_path, "learner.zero_stage=2", "learner.lr_scheduler_type=cosine", "ckpt.keep_last=1")
     group = LearnerGroup(cfg, total_steps=4)
     try:

@@ -31,6 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--check-weight-source", action="store_true")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     cfg = load_config(None, [f"model.name_or_path={args.model}", "learner.learning_rate=0.001", *args.overrides])
@@ -39,8 +40,20 @@ def main() -> None:
     batch = examples(learner.tokenizer, cfg.learner.train_batch_size)
     metrics = [learner.train_step(batch) for _ in range(args.steps)]
     exported = learner.export_state_dict()
+    source_ok = None
+    if args.check_weight_source:
+        # The NCCL sync's parameter source must describe and yield exactly the exported weights.
+        from lcray.actors.weight_sync import ZeroWeightSource
+
+        source = ZeroWeightSource(learner.engine.module)
+        meta = {m.name: tuple(m.shape) for m in source.metadata()}
+        pairs = dict(iter(source))
+        source_ok = (set(meta) == set(pairs) <= set(exported)
+                     and all(meta[n] == tuple(exported[n].shape) for n in meta)
+                     and all(bool((pairs[n] == exported[n]).all()) for n in pairs)
+                     and sum(len(g) for g in source.groups()) == len(meta))
     # DeepSpeed also prints to stdout: tag the result line.
-    print("RESULT " + json.dumps({"metrics": metrics, "num_exported": len(exported)}), flush=True)
+    print("RESULT " + json.dumps({"metrics": metrics, "num_exported": len(exported), "source_ok": source_ok}), flush=True)
     destroy_process_group()
 
 

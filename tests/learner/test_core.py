@@ -37,13 +37,14 @@ def test_zero_stage_trains_and_matches(tiny_model_dir, stage):
 
 
 def test_zero3_dpo_with_reference_and_solo_ra(tiny_model_dir):
-    out = run_steps(tiny_model_dir, "learner.zero_stage=3", "algo.loss_type=dpo", "algo.beta=0.1",
+    out = run_steps(tiny_model_dir, "--check-weight-source", "learner.zero_stage=3", "algo.loss_type=dpo", "algo.beta=0.1",
                     "algo.solo_ra.alpha=1.0", "learner.train_batch_size=2", steps=2)
     first = out["metrics"][0]
     # Before the first update policy == reference: every DPO reward is 0, loss = log 2,
     # and short/long rewards are both 0 so SoLo-RA is 0.
     assert first["po_loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert first["solo_ra"] == pytest.approx(0.0, abs=1e-6)
+    assert out["source_ok"] is True  # NCCL-sync parameter source == exported state (ZeRO-3 gathered)
     second = out["metrics"][1]
     assert second["rewards/margin"] > 0  # the update moved the policy away from the reference
     assert second["solo_ra"] > 0
