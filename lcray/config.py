@@ -182,6 +182,32 @@ class PlacementConfig:
 
 
 @dataclass
+class LogoDataConfig:
+    num_relevant: int = 6  # top-scored chunks that form the preferred answer's context C_hi (LOGO code: top 6)
+    num_partial: int = 3  # top relevant chunks in the "partial" dis-preferred prompt (LOGO code: top 3)
+    min_score: float = 0.0  # a chunk counts as relevant only with importance > this
+    context_chunks: int = 16  # chunks in the shared training context C' (relevant + random irrelevant, original order)
+    sparse_ratio: float = 0.1  # share of samples with sparse position ids (paper: sparse:continuous 1:9)
+    shard_size: int = 64  # records per Parquet shard (a re-run skips finished shards)
+    generation_temperature: float = 0.7  # sampling temperature of the preferred / dis-preferred answers
+    generation_top_p: float = 0.95  # nucleus sampling mass of the answers
+    max_new_tokens: int = 512  # tokens generated per answer (also reserved at the end of the position window)
+    output_dir: str = "outputs/logo_data"  # folder of the Parquet shards and manifest.json
+
+
+@dataclass
+class SoLoPOConfig:
+    mode: Literal["online", "offline"] = "online"  # online: sample/score/train every iteration; offline: a fixed pairs file
+    long_po: bool = False  # the Long-PO baseline: PO on the long context, no SoLo-RA
+    prompts_per_iteration: int = 8  # short prompts sampled per rollout iteration
+    max_pairs_per_prompt: int = 1  # (chosen, rejected) pairs kept per prompt
+    pairs_path: Optional[str] = None  # offline mode: JSONL/Parquet with prompt, long_prompt, chosen, rejected
+    long_prompt_key: str = "long_prompt"  # offline mode: column of the long-context prompt
+    num_eval_prompts: int = 16  # held-out questions evaluated (short and long context)
+    eval_max_new_tokens: int = 48  # greedy tokens per eval answer
+
+
+@dataclass
 class LcrayConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # policy model
     data: DataConfig = field(default_factory=DataConfig)  # datasets and their columns
@@ -193,6 +219,8 @@ class LcrayConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)  # metrics and progress
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # the training loop
     placement: PlacementConfig = field(default_factory=PlacementConfig)  # where each role's actors run (Ray placement groups)
+    logo_data: LogoDataConfig = field(default_factory=LogoDataConfig)  # LOGO offline preference-data builder
+    solopo: SoLoPOConfig = field(default_factory=SoLoPOConfig)  # SoLoPO online/offline loop
 
     def validate(self) -> None:
         validate(self)
@@ -223,6 +251,8 @@ _CHECKS: dict[str, tuple] = {
     "rollout.temperature": _NONNEG, "rollout.top_p": _between(0, 1, lo_open=True),
     "rollout.max_new_tokens": _POS, "rollout.sync_every": _POS,
     "scorer.num_scorers": _POS, "scorer.f1_threshold": _between(0, 1),
+    "solopo.prompts_per_iteration": _POS, "solopo.max_pairs_per_prompt": _POS,
+    "solopo.num_eval_prompts": _NONNEG, "solopo.eval_max_new_tokens": _POS,
     "learner.num_learners": _POS, "learner.zero_stage": (lambda v: 0 <= v <= 3, "in 0..3"),
     "learner.learning_rate": _NONNEG, "learner.warmup_steps": _NONNEG, "learner.weight_decay": _NONNEG,
     "learner.adam_betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values in [0, 1)"),
@@ -237,6 +267,9 @@ _CHECKS: dict[str, tuple] = {
     **{f"placement.{k}": (lambda v: bool(v.strip()) and v not in _BUILTIN_RESOURCES,
                           "a custom resource name (not empty, not CPU/GPU/memory)")
        for k in ("learner_node_resource", "rollout_node_resource")},
+    **{f"logo_data.{k}": _POS for k in ("num_relevant", "context_chunks", "shard_size", "max_new_tokens")},
+    "logo_data.num_partial": _NONNEG, "logo_data.sparse_ratio": _between(0, 1),
+    "logo_data.generation_temperature": _NONNEG, "logo_data.generation_top_p": _between(0, 1, lo_open=True),
 }
 
 
@@ -261,6 +294,16 @@ def validate(cfg: LcrayConfig) -> None:
     if cfg.scorer.reward == "reward_model" and not cfg.scorer.reward_model_path:
         raise ConfigError("scorer.reward_model_path: must be set when scorer.reward=reward_model",
                           key="scorer.reward_model_path")
+    ld = cfg.logo_data
+    for key, ok, rule in (
+            ("logo_data.num_partial", ld.num_partial < ld.num_relevant,
+             f"< logo_data.num_relevant ({ld.num_relevant}): the partial prompt must miss some relevant chunk"),
+            ("logo_data.context_chunks", ld.context_chunks >= ld.num_relevant,
+             f">= logo_data.num_relevant ({ld.num_relevant}): C' holds every relevant chunk"),
+            ("logo_data.max_new_tokens", ld.max_new_tokens < cfg.data.target_len,
+             f"< data.target_len ({cfg.data.target_len}): answers take the window's last ids")):
+        if not ok:
+            raise ConfigError(f"{key}: must be {rule}, got {_get(cfg, key)!r}", key=key)
     pl = cfg.placement
     if pl.colocate and cfg.rollout.num_engines != lr.num_learners:  # bundle i holds learner i and engine i
         raise ConfigError(f"placement.colocate: must be false unless rollout.num_engines == learner.num_learners, "

@@ -90,6 +90,9 @@ class RolloutPool:
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> list[GenerationResult]:
         prompts = list(prompts)
+        # Weights may be synced while this call runs (rollout overlapping training); only an
+        # engine that went BACKWARDS (a restart reloads the original weights) is stale.
+        expected = self.version
         slices = contiguous_slices(len(prompts), len(self.actors))
         results: list[list[GenerationResult] | None] = [None] * len(slices)
         pending = {i: self.actors[i].generate.remote(prompts[s], sampling) for i, s in enumerate(slices) if s.stop > s.start}
@@ -105,8 +108,8 @@ class RolloutPool:
                     log.warning("rollout engine %d failed (%s); retrying its slice", i, type(err).__name__)
                     retry[i] = None
                     continue
-                if version != self.version:
-                    log.warning("rollout engine %d answered with weights v%d, expected v%d (restarted?); re-syncing", i, version, self.version)
+                if version < expected:
+                    log.warning("rollout engine %d answered with weights v%d, expected v%d (restarted?); re-syncing", i, version, expected)
                     retry[i] = None
                     continue
                 results[i] = res

@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -312,15 +312,14 @@ def _parquet_rows(path: Path, where: str) -> Iterator[tuple[int, Any, Optional[s
             yield n, row, None
 
 
-def read_records(path: str | os.PathLike[str], *, on_error: Literal["raise", "skip"] = "raise",
-                 format: Format = "auto") -> ReadResult:
-    """Read QA records from JSONL, JSON (array) or Parquet.
+def read_rows(path: str | os.PathLike[str], parse: Callable[[Any, str], Any], *,
+              on_error: Literal["raise", "skip"] = "raise", format: Format = "auto") -> ReadResult:
+    """Read rows from JSONL, JSON (array) or Parquet and turn each into an item with
+    `parse(row, default_id)`, which raises DataError (with `field`) on a bad row.
 
-    Returns a ReadResult: a list of QARecord with `.skipped` (rows dropped) and `.errors`
-    (their DataErrors). on_error="raise" stops at the first bad row with a DataError like
-    "data/train.jsonl: row 7: field 'question': expected a non-empty string, got 42";
-    "skip" drops bad rows and logs one warning per file with the count and first error.
-    Rows without an id get "<file stem>-<row>".
+    Returns a ReadResult: the parsed items with `.skipped` and `.errors`. on_error="raise" stops
+    at the first bad row with a DataError naming the file, 1-based row and field; "skip" drops
+    bad rows and logs one warning per file with the count and first error.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -334,7 +333,7 @@ def read_records(path: str | os.PathLike[str], *, on_error: Literal["raise", "sk
             if json_error is not None:
                 raise DataError(json_error, path=where, row=n)
             try:
-                result.append(record_from_dict(row, default_id=f"{p.stem}-{n}"))
+                result.append(parse(row, f"{p.stem}-{n}"))
             except DataError as e:
                 raise DataError(str(e), path=where, row=n, field=e.field) from None
         except DataError as e:
@@ -346,6 +345,15 @@ def read_records(path: str | os.PathLike[str], *, on_error: Literal["raise", "sk
         log.warning("%s: skipped %d malformed row(s) of %d; first: %s", where, result.skipped,
                     result.skipped + len(result), result.errors[0])
     return result
+
+
+def read_records(path: str | os.PathLike[str], *, on_error: Literal["raise", "skip"] = "raise",
+                 format: Format = "auto") -> ReadResult:
+    """Read QA records (see read_rows for errors and skipping), e.g. a bad row raises
+    "data/train.jsonl: row 7: field 'question': expected a non-empty string, got 42".
+    Rows without an id get "<file stem>-<row>"."""
+    return read_rows(path, lambda row, default_id: record_from_dict(row, default_id=default_id),
+                     on_error=on_error, format=format)
 
 
 # ----------------------------------------------------------------------------- writing

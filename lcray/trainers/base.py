@@ -1,0 +1,142 @@
+"""The training loop both workloads share: resume, eval before, steps (batch -> learner group ->
+weight sync -> TensorBoard), periodic eval and checkpoints, final model and summary.
+
+A workload subclasses PreferenceTrainer and says where batches come from (`next_batch`):
+LOGO and offline SoLoPO cycle through a fixed example list; online SoLoPO samples, scores and
+pairs every iteration.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from lcray.config import LcrayConfig, save_config
+from lcray.data.schema import PreferenceExample
+from lcray.eval.qa import evaluate_answers
+from lcray.models import load_tokenizer, resolve_model_path
+from lcray.trainers.qa_data import QAPrompt, build_prompts, load_qa_records
+from lcray.trainers.run_logger import RunLogger
+from lcray.trainers.runtime import Runtime
+from lcray.utils.fs import atomic_write_text
+
+
+class PreferenceTrainer:
+    name = "train"
+    needs_scorers = False  # start ScorerActors (online rollout labels, LOGO importance)
+
+    def __init__(self, cfg: LcrayConfig) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(cfg.trainer.output_dir)
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer_path or resolve_model_path(cfg.model.name_or_path))
+        self.examples: list[PreferenceExample] = []  # the fixed data set, when there is one
+        self.cursor = 0  # items consumed so far, across epochs (resumable)
+        self.counters: dict[str, int] = {}
+        self.eval_prompts = self.qa_prompts(load_qa_records(cfg.data, "eval")[: cfg.solopo.num_eval_prompts])
+
+    def qa_prompts(self, records: list) -> list[QAPrompt]:
+        d = self.cfg.data
+        return build_prompts(records, self.tokenizer, long_tokens=d.long_context_tokens,
+                             max_short_tokens=d.short_context_tokens, seed=d.seed)
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, rt: Runtime) -> None:
+        """Runs once the actors are up (e.g. LOGO builds its data set here)."""
+
+    def next_batch(self, rt: Runtime, batch_size: int) -> tuple[list[PreferenceExample], dict[str, float]]:
+        if not self.examples:
+            raise ValueError(f"{self.name}: no training examples")
+        return self.take(self.examples, batch_size), {}
+
+    def state(self) -> dict:
+        return {"cursor": self.cursor, "counters": self.counters}
+
+    def restore(self, state: dict) -> None:
+        self.cursor, self.counters = state["cursor"], state["counters"]
+
+    # ------------------------------------------------------------------ helpers
+    def take(self, items: list, n: int) -> list:
+        """n items from a seeded per-epoch shuffle; the cursor makes it resumable."""
+        out = []
+        for _ in range(n):
+            epoch, i = divmod(self.cursor, len(items))
+            order = list(range(len(items)))
+            random.Random(self.cfg.trainer.seed + epoch).shuffle(order)
+            out.append(items[order[i]])
+            self.cursor += 1
+        return out
+
+    def evaluate(self, rt: Runtime) -> dict[str, float]:
+        """Greedy sub-EM / F1 on held-out questions, with the short AND the long context."""
+        golds = [p.answers for p in self.eval_prompts]
+        out: dict[str, float] = {}
+        for ctx in ("short", "long"):
+            ids = [p.short_ids if ctx == "short" else p.long_ids for p in self.eval_prompts]
+            res = evaluate_answers(rt.rollout, ids, golds, max_new_tokens=self.cfg.solopo.eval_max_new_tokens)
+            out[f"sub_em_{ctx}"], out[f"f1_{ctx}"] = res["sub_em"], res["f1"]
+            self.last_predictions = {**getattr(self, "last_predictions", {}), ctx: res["predictions"]}
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        max_steps, batch_size = cfg.trainer.max_steps, cfg.learner.train_batch_size
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out_dir / "config.yaml")
+        rt = Runtime.start(cfg, total_steps=max_steps, with_scorers=self.needs_scorers)
+        try:
+            self.setup(rt)
+            resumed = rt.learners.load_checkpoint(cfg.ckpt.path) if cfg.ckpt.resume else None
+            step = 0
+            if resumed is not None:
+                self.restore(resumed["trainer"])
+                step = resumed["step"]
+                rt.sync_weights()  # the engines start from the base model
+            log = RunLogger(cfg.logging.logdir, total_steps=max_steps, initial_step=step,
+                            progress=cfg.logging.progress_bar, desc=f"{self.name}[{cfg.algo.loss_type}]")
+            before = resumed["eval_before"] if resumed else self.evaluate(rt)
+            predictions_before = getattr(self, "last_predictions", {})
+            if resumed is None:
+                log.log(0, before, prefix="eval")
+                log.write(f"eval before training: {_fmt(before)}")
+            while step < max_steps:
+                batch, stats = self.next_batch(rt, batch_size)
+                metrics = rt.learners.train_step(batch)
+                step += 1
+                if step % cfg.rollout.sync_every == 0 or step == max_steps:
+                    rt.sync_weights()
+                if step % cfg.logging.log_every == 0:
+                    log.log(step, {**metrics, **stats})
+                log.advance(1, loss=metrics["loss"])
+                if cfg.trainer.eval_steps and step % cfg.trainer.eval_steps == 0 and step < max_steps:
+                    log.log(step, self.evaluate(rt), prefix="eval")
+                if cfg.ckpt.save_steps and step % cfg.ckpt.save_steps == 0 and step < max_steps:
+                    rt.learners.save_checkpoint(cfg.ckpt.path, self._client_state(step, before))
+            self.finish(rt)
+            after = self.evaluate(rt)
+            log.log(step, after, prefix="eval")
+            rt.learners.save_checkpoint(cfg.ckpt.path, self._client_state(step, before))
+            final_dir = self.out_dir / "final_model"
+            rt.learners.save_hf_model(str(final_dir))
+            log.close()
+            summary = {
+                "workload": self.name, "steps": step, **self.counters, "eval_before": before, "eval_after": after,
+                "predictions_before": predictions_before, "predictions_after": getattr(self, "last_predictions", {}),
+                "mean_rho": sum(p.rho for p in self.eval_prompts) / max(len(self.eval_prompts), 1),
+                "tensorboard": str(Path(cfg.logging.logdir).resolve()), "final_model": str(final_dir.resolve()),
+            }
+            atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2))
+            return summary
+        finally:
+            rt.shutdown()
+
+    def finish(self, rt: Runtime) -> None:
+        """Runs after the last step (e.g. wait for an in-flight rollout)."""
+
+    def _client_state(self, step: int, before: dict) -> dict:
+        return {"step": step, "trainer": self.state(), "eval_before": before}
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())

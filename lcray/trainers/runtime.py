@@ -1,0 +1,116 @@
+"""The driver's runtime: Ray (embedded or the cluster it was submitted to), placement, and the
+three roles — rollout engines, scorers, the learner group — built from one config.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from lcray.actors.learner import LearnerGroup
+from lcray.actors.placement import create_placement_groups, plan_placement
+from lcray.actors.rollout import RolloutPool
+from lcray.actors.scorer import ScorerPool
+from lcray.config import LcrayConfig
+from lcray.models import resolve_model_path
+
+log = logging.getLogger(__name__)
+
+# Settings every actor needs; local Ray workers get them through runtime_env (on a cluster the
+# job's runtime_env.yaml carries the same).
+ACTOR_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+}
+
+
+def _demand(cfg: LcrayConfig) -> float:
+    p = cfg.placement
+    return (cfg.learner.num_learners * cfg.learner.cpus_per_learner + cfg.rollout.num_engines * p.cpus_per_engine
+            + cfg.scorer.num_scorers * p.cpus_per_scorer)
+
+
+def init_ray(cfg: LcrayConfig) -> None:
+    """Join the cluster under `ray job submit` (RAY_ADDRESS is set), else start an embedded one.
+
+    The embedded cluster declares at least as many logical CPUs as the roles ask for: on a
+    laptop the roles take turns (rollout, then scoring, then training), so oversubscribing
+    the cores is what lets one machine run all three.
+    """
+    if ray.is_initialized():
+        return
+    env = {**ACTOR_ENV, **{k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR", "LCRAY_CACHE", "VLLM_CPU_KVCACHE_SPACE") if k in os.environ}}
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        return
+    num_cpus = max(os.cpu_count() or 1, int(_demand(cfg) + 0.999))
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": env})
+
+
+@dataclass
+class Runtime:
+    cfg: LcrayConfig
+    model_path: Path
+    learners: LearnerGroup
+    rollout: RolloutPool | None
+    scorers: ScorerPool | None
+    placement: Any
+
+    @classmethod
+    def start(cls, cfg: LcrayConfig, *, total_steps: int, with_rollout: bool = True, with_scorers: bool = True) -> "Runtime":
+        init_ray(cfg)
+        model_path = resolve_model_path(cfg.model.name_or_path)  # builds/caches once, before actors need it
+        placement = create_placement_groups(plan_placement(cfg))
+        try:
+            learner_opts = [placement.actor_options("learner", r) for r in range(cfg.learner.num_learners)]
+            learners = LearnerGroup(cfg, total_steps=total_steps, actor_options=learner_opts)
+            rollout = scorers = None
+            if with_rollout:
+                r = cfg.rollout
+                rollout = RolloutPool.create(
+                    r.num_engines, str(model_path), backend=r.backend,
+                    actor_options=[placement.actor_options("rollout", i) for i in range(r.num_engines)],
+                    **_engine_kwargs(cfg),
+                )
+            if with_scorers:
+                s = cfg.scorer
+                scorers = ScorerPool.create(s.num_scorers, answer_kind=s.reward, f1_threshold=s.f1_threshold,
+                                            importance_kind=s.importance, **placement.actor_options("scorer", 0))
+        except BaseException:
+            placement.remove()
+            raise
+        return cls(cfg, model_path, learners, rollout, scorers, placement)
+
+    def sync_weights(self) -> int:
+        assert self.rollout is not None
+        return self.learners.sync_weights(self.rollout)
+
+    def shutdown(self) -> None:
+        for part in (self.rollout, self.scorers):
+            if part is not None:
+                part.shutdown()
+        self.learners.shutdown()
+        self.placement.remove()
+
+
+def _engine_kwargs(cfg: LcrayConfig) -> dict:
+    r = cfg.rollout
+    if r.backend == "transformers":
+        return {"dtype": cfg.model.dtype, "seed": r.seed}
+    return {
+        "tensor_parallel_size": r.tensor_parallel_size,
+        "gpu_memory_utilization": r.gpu_memory_utilization,
+        "kv_cache_space_gb": r.kv_cache_space_gb,
+        "max_model_len": r.max_model_len,
+        "enforce_eager": r.enforce_eager,
+        "dtype": cfg.model.dtype,
+        "seed": r.seed,
+    }
