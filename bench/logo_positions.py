@@ -18,9 +18,9 @@ Why a fresh subprocess per case (the script re-invokes itself with --case A|B): 
 per-process high-water mark that cannot be reset, so each case gets its own process. The
 memory figure is peak RSS (getrusage RUSAGE_SELF, KiB on Linux) minus the RSS right before the
 first (warm-up) step, so interpreter, model, DeepSpeed and optimizer state cancel and what is
-left is what the step itself allocates (activations, gradients, Adam state created lazily on the
-first step). The parent never imports torch: a vfork'ed child inherits its parent's RSS
-high-water mark at exec, so a heavy parent would inflate the children's ru_maxrss.
+left is what the step itself allocates (activations, gradients, attention temporaries). The
+parent never imports torch: at exec a child's ru_maxrss starts from the RSS of the image it
+replaces (the parent's, after fork/vfork), so a heavy parent would inflate the children's.
 Single-process DeepSpeed is kept (not a bare forward/backward/step) because on one CPU rank it
 adds only small, fixed buffers that are the same in both cases and that the baseline
 subtraction mostly removes; the step then measured is exactly the one training runs.

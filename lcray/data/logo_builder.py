@@ -148,7 +148,8 @@ def build_logo_shard(records: Sequence[QARecord], *, tokenizer: Any, rollout: An
     skipped: Counter = Counter()
     plans: list[_Plan] = []
     for r, (ids, texts), scores in zip(records, chunked, all_scores):
-        p = _plan(r, ids, texts, scores, tokenizer=tokenizer, cfg=cfg, shard_seed=shard_seed) if ids else "empty_context"
+        p = (_plan(r, ids, texts, scores, tokenizer=tokenizer, cfg=cfg, shard_seed=shard_seed)
+             if ids else "empty_context")
         if isinstance(p, str):
             skipped[p] += 1
         else:
@@ -283,7 +284,8 @@ def build_logo_dataset(records: Sequence[QARecord], *, cfg: Any, tokenizer: Any,
         manifest = LogoManifest(_hash(settings), settings, num_shards)
     manifest.shards = [s for s in manifest.shards if (out / s["file"]).is_file()]  # a vanished file is rebuilt
     done = {s["index"] for s in manifest.shards}
-    bar = tqdm(total=num_shards, initial=len(done), desc="LOGO shards", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=num_shards, initial=len(done), desc="LOGO shards", disable=not progress,
+               dynamic_ncols=True)
     try:
         for i in range(num_shards):
             if i in done:

@@ -22,6 +22,9 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 128
     stop: Sequence[str] = ()
+    # Per-call seed. vLLM applies it to EVERY prompt of the call (so different prompts share
+    # their noise) and its CPU sampler fails on some seeded batches: prefer None there and
+    # seed the engine once (rollout.seed).
     seed: int | None = None
 
     def __post_init__(self) -> None:

@@ -61,8 +61,10 @@ class SoLoPOTrainer(PreferenceTrainer):
         r = self.cfg.rollout
         batch = self.take(self.prompts, self.cfg.solopo.prompts_per_iteration)
         self.iteration += 1
+        # No per-call seed: vLLM would give every prompt of the call the same noise (and its CPU
+        # sampler rejects seeded batches); the engines are seeded once with rollout.seed.
         sampling = SamplingConfig(n=r.n_samples_per_prompt, temperature=r.temperature, top_p=r.top_p,
-                                  max_new_tokens=r.max_new_tokens, stop=tuple(r.stop), seed=r.seed + self.iteration)
+                                  max_new_tokens=r.max_new_tokens, stop=tuple(r.stop))
         start = time.perf_counter()
         results = rt.rollout.generate([p.short_ids for p in batch], sampling)
         gen_time = time.perf_counter() - start
