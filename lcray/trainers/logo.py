@@ -1,0 +1,31 @@
+"""LOGO, offline: build the preference data (chunk -> score importance -> the policy answers from
+relevant / irrelevant / partial chunks -> synthesized position ids), then train the
+multi-negative reference-free LOGO loss on it (ALGORITHMS.md, "LOGO").
+
+The same data also trains DPO / SimPO / ORPO (algo.loss_type; their pairwise loss is averaged
+over the M negatives).
+"""
+from __future__ import annotations
+
+from lcray.data.logo_builder import build_logo_dataset, load_logo_dataset
+from lcray.trainers.base import PreferenceTrainer
+from lcray.trainers.qa_data import load_qa_records
+from lcray.trainers.runtime import Runtime
+
+
+class LOGOTrainer(PreferenceTrainer):
+    name = "logo"
+    needs_scorers = True  # chunk importance while building the data
+
+    def setup(self, rt: Runtime) -> None:
+        """Build the data set with the policy's own (initial) weights; finished shards of an
+        earlier run are reused, so a restarted job does not regenerate them."""
+        cfg = self.cfg
+        manifest = build_logo_dataset(load_qa_records(cfg.data, "train"), cfg=cfg, tokenizer=self.tokenizer,
+                                      rollout=rt.rollout, scorers=rt.scorers, out_dir=cfg.logo_data.output_dir,
+                                      progress=cfg.logging.progress_bar)
+        self.examples = load_logo_dataset(cfg.logo_data.output_dir)
+        if not self.examples:
+            raise ValueError(f"LOGO data in {cfg.logo_data.output_dir} has no examples; skipped records: "
+                             f"{manifest.totals}")
+        self.counters = {"examples": len(self.examples)}
