@@ -129,6 +129,7 @@ def print_table(rows: Sequence[dict], names: Sequence[str], columns: Sequence[tu
 
 def print_ratios(a: dict, b: dict, label: str, goal: float) -> None:
     """Time and step-memory ratios a/b against the goal, plus the raw peak-RSS ratio."""
-    print(f"{f'time ratio {label}:':<28}{a['step_time'] / b['step_time']:.3f}x  (goal <= {goal}x)")
-    print(f"{f'step memory ratio {label}:':<28}{a['step_mem'] / max(b['step_mem'], 1e-9):.3f}x  (goal <= {goal}x)")
-    print(f"{f'peak RSS ratio {label} (raw):':<28}{a['peak_rss'] / b['peak_rss']:.3f}x")
+    w = max(28, len(f"peak RSS ratio {label} (raw):") + 3)
+    print(f"{f'time ratio {label}:':<{w}}{a['step_time'] / b['step_time']:.3f}x  (goal <= {goal}x)")
+    print(f"{f'step memory ratio {label}:':<{w}}{a['step_mem'] / max(b['step_mem'], 1e-9):.3f}x  (goal <= {goal}x)")
+    print(f"{f'peak RSS ratio {label} (raw):':<{w}}{a['peak_rss'] / b['peak_rss']:.3f}x")

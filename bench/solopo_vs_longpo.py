@@ -74,7 +74,8 @@ def pairs(case: str, args: argparse.Namespace, vocab: int) -> list:
 def run_case(case: str, args: argparse.Namespace) -> dict:
     def batch(learner):
         seqs = sequences(case, args)
-        extra = dict(prompt=lengths(args)[case == "longpo"], seqs=len(seqs), tokens=sum(seqs),
+        short, long = lengths(args)
+        extra = dict(prompt=short if case == "solopo" else long, seqs=len(seqs), tokens=sum(seqs),
                      attn=sum(n * n for n in seqs) / 1e6)
         return pairs(case, args, len(learner.tokenizer)), extra
 

@@ -9,6 +9,7 @@ import sys
 from typing import Callable, Sequence
 
 from lcray import doctor
+from lcray.eval import runner as eval_runner
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -16,6 +17,7 @@ Run = Callable[[argparse.Namespace], int]
 # name -> (add_arguments, run); run's docstring first line is the help text.
 SUBCOMMANDS: dict[str, tuple[AddArguments, Run]] = {
     "doctor": (doctor.add_arguments, doctor.run),
+    "eval": (eval_runner.add_arguments, eval_runner.run),
 }
 
 

@@ -9,7 +9,6 @@ Every config key can be overridden as key=value (see `--help`).
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

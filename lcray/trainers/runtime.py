@@ -75,11 +75,14 @@ class Runtime:
             rollout = scorers = None
             if with_rollout:
                 r = cfg.rollout
+                nccl = uses_nccl_sync(cfg)
                 rollout = RolloutPool.create(
                     r.num_engines, str(model_path), backend=r.backend,
                     actor_options=[placement.actor_options("rollout", i) for i in range(r.num_engines)],
-                    **_engine_kwargs(cfg),
+                    **_engine_kwargs(cfg), **({"weight_transfer": "nccl"} if nccl else {}),
                 )
+                if nccl:
+                    learners.init_nccl_sync(rollout, r.tensor_parallel_size)
             if with_scorers:
                 s = cfg.scorer
                 scorers = ScorerPool.create(s.num_scorers, answer_kind=s.reward, f1_threshold=s.f1_threshold,
@@ -99,6 +102,16 @@ class Runtime:
                 part.shutdown()
         self.learners.shutdown()
         self.placement.remove()
+
+
+def uses_nccl_sync(cfg: LcrayConfig) -> bool:
+    """NCCL weight sync needs GPUs on both sides and the vLLM back end."""
+    mode = cfg.rollout.weight_sync
+    if mode == "auto":
+        return cfg.rollout.backend == "vllm" and cfg.learner.gpus_per_learner > 0
+    if mode == "nccl" and cfg.rollout.backend != "vllm":
+        raise ValueError("rollout.weight_sync=nccl needs rollout.backend=vllm")
+    return mode == "nccl"
 
 
 def _engine_kwargs(cfg: LcrayConfig) -> dict:

@@ -10,7 +10,6 @@ from lcray.config import load_config
 from lcray.data.schema import PreferenceExample
 from lcray.learner.distributed import destroy_process_group, free_port, init_process_group
 from lcray.learner.core import PolicyLearner
-from lcray.models import load_tokenizer
 
 
 def examples(tokenizer, n: int) -> list[PreferenceExample]:

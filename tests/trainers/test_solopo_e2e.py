@@ -75,7 +75,7 @@ def test_two_online_iterations_sync_and_resume(ray_local, tiny_model_dir, qa_fil
 
 def test_offline_long_po_dpo(ray_local, tiny_model_dir, qa_files, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    rows = [{"prompt": f"Doc: X{i} is Y{i}. Q: X{i}?", "long_prompt": f"Filler. " * 30 + f"Doc: X{i} is Y{i}. Q: X{i}?",
+    rows = [{"prompt": f"Doc: X{i} is Y{i}. Q: X{i}?", "long_prompt": "Filler. " * 30 + f"Doc: X{i} is Y{i}. Q: X{i}?",
              "chosen": f"Y{i}", "rejected": f"Z{i}"} for i in range(4)]
     pairs.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "offline"

@@ -1,0 +1,201 @@
+"""The config sections: one dataclass each, TRL/OpenRLHF names where they exist."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+@dataclass
+class LoraConfig:
+    r: int = 0  # LoRA rank; 0 turns LoRA off (full fine-tuning)
+    alpha: int = 16  # LoRA scaling numerator (lora_alpha)
+    dropout: float = 0.0  # dropout on the LoRA branch
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # modules that get adapters
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny"  # "tiny" = tiny random test model, "smollm2" = bundled SmolLM2-135M-Instruct, else a local HF folder
+    tokenizer_path: Optional[str] = None  # tokenizer folder; None = same as name_or_path
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # parameter dtype when loading
+    attn_implementation: str = "sdpa"  # HF attention kernel (sdpa, eager, flash_attention_2)
+    gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    rope_theta: Optional[float] = None  # override the RoPE base; None = keep the model's
+    max_position_embeddings: Optional[int] = None  # override the context window; None = keep the model's
+    lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA adapters (off when r == 0)
+
+
+@dataclass
+class DataConfig:
+    train_path: Optional[str] = None  # JSONL/Parquet training pairs; None = synthetic data
+    eval_path: Optional[str] = None  # JSONL/Parquet eval set; None = synthetic data
+    format: Literal["auto", "jsonl", "parquet"] = "auto"  # file format; auto = from the extension
+    prompt_key: str = "prompt"  # column holding the prompt (text or chat messages)
+    chosen_key: str = "chosen"  # column holding the preferred response
+    rejected_key: str = "rejected"  # column holding the dispreferred response
+    on_error: Literal["raise", "skip"] = "raise"  # what to do with a malformed row
+    max_prompt_len: int = 2048  # prompt tokens kept (truncated from the left)
+    max_response_len: int = 256  # response tokens kept
+    seed: int = 0  # seed for synthetic data and shuffling
+    num_synthetic_train: int = 64  # synthetic training examples when train_path is None
+    num_synthetic_eval: int = 16  # synthetic eval examples when eval_path is None
+    short_context_tokens: int = 300  # length of the short (compressed) context (SoLoPO)
+    long_context_tokens: int = 2048  # length of the long context in synthetic data
+    chunk_tokens: int = 512  # chunk size when splitting a long context for importance scoring
+    target_len: int = 32768  # LOGO position window: positions are spread over this many
+    output_dir: Optional[str] = None  # where built datasets are written; None = not written
+
+
+@dataclass
+class RolloutConfig:
+    backend: Literal["vllm", "transformers"] = "vllm"  # generation engine
+    num_engines: int = 1  # number of engine actors
+    tensor_parallel_size: int = 1  # GPUs per engine
+    gpu_memory_utilization: float = 0.9  # fraction of GPU memory vLLM may take
+    kv_cache_space_gb: int = 1  # KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)
+    enforce_eager: bool = True  # disable CUDA graphs (faster start, simpler)
+    max_model_len: Optional[int] = None  # engine context length; None = the model's
+    n_samples_per_prompt: int = 4  # responses sampled per prompt (need >= 2 to contrast)
+    temperature: float = 0.85  # sampling temperature; 0 = greedy
+    top_p: float = 0.95  # nucleus sampling mass
+    max_new_tokens: int = 128  # tokens generated per response
+    stop: list[str] = field(default_factory=list)  # stop strings
+    seed: int = 0  # sampling seed
+    sync_every: int = 1  # push learner weights to the engines every N steps
+    overlap: bool = False  # generate batch t+1 while training on batch t (one step off-policy)
+    weight_sync: Literal["auto", "object_store", "nccl"] = "auto"  # learner -> engine channel; auto = nccl when learners have GPUs
+
+
+@dataclass
+class ScorerConfig:
+    num_scorers: int = 1  # number of scorer actors
+    reward: Literal["sub_em", "em", "f1", "reward_model"] = "sub_em"  # how a response is scored
+    f1_threshold: float = 0.5  # with reward=f1: a response counts as correct above this
+    importance: Literal["bm25", "lexical", "embedding"] = "bm25"  # chunk importance for context compression
+    reward_model_path: Optional[str] = None  # HF folder of the reward model (reward=reward_model)
+
+
+@dataclass
+class LearnerConfig:
+    num_learners: int = 1  # learner actors = torch.distributed world size
+    zero_stage: int = 2  # DeepSpeed ZeRO stage (0..3)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # torch.distributed backend; auto = nccl on GPU else gloo
+    learning_rate: float = 5e-7  # peak learning rate
+    lr_scheduler_type: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
+    warmup_steps: int = 0  # linear warmup steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW (beta1, beta2)
+    max_grad_norm: float = 1.0  # gradient clipping norm; 0 = off
+    train_batch_size: int = 8  # global batch per optimizer step, in samples
+    micro_train_batch_size: int = 1  # samples per forward/backward on one rank
+    bf16: bool = False  # train in bfloat16 mixed precision
+    seed: int = 42  # learner seed (model init, dropout)
+    cpus_per_learner: float = 1.0  # Ray CPUs reserved per learner actor
+    gpus_per_learner: float = 0.0  # Ray GPUs reserved per learner actor
+
+
+@dataclass
+class LogoConfig:
+    num_negatives: int = 2  # dispreferred responses per prompt in the LOGO loss
+
+
+@dataclass
+class SoloRAConfig:
+    alpha: float = 0.0  # SoLoPO reward-alignment weight; 0 = off
+    distance: Literal["abs", "squared"] = "abs"  # distance between short- and long-context rewards
+
+
+@dataclass
+class AlgoConfig:
+    loss_type: Literal["dpo", "simpo", "orpo", "logo"] = "simpo"  # preference loss
+    beta: float = 2.5  # reward scale (DPO/SimPO beta, ORPO lambda)
+    simpo_gamma: float = 0.5  # SimPO target reward margin
+    label_smoothing: float = 0.0  # conservative DPO/SimPO smoothing, in [0, 0.5)
+    nll_coef: float = 0.0  # weight of the NLL (SFT) term on chosen responses
+    logo: LogoConfig = field(default_factory=LogoConfig)  # LOGO-specific settings
+    solo_ra: SoloRAConfig = field(default_factory=SoloRAConfig)  # SoLoPO reward-alignment settings
+
+
+@dataclass
+class CkptConfig:
+    path: str = "outputs/ckpt"  # checkpoint folder
+    save_steps: int = 0  # save every N steps; 0 = only at the end
+    keep_last: int = 2  # checkpoints kept on disk (older ones deleted)
+    resume: bool = True  # resume from the newest checkpoint in path if one exists
+
+
+@dataclass
+class LoggingConfig:
+    logdir: str = "outputs/tb"  # TensorBoard folder (train/* and eval/* scalars)
+    log_every: int = 1  # log metrics every N steps
+    progress_bar: bool = True  # show tqdm progress bars
+
+
+@dataclass
+class TrainerConfig:
+    output_dir: str = "outputs"  # final model (HF folder) and run artifacts
+    max_steps: int = 10  # optimizer steps to train
+    eval_steps: int = 0  # evaluate every N steps; 0 = only at the end
+    seed: int = 0  # global seed (data order, Ray placement)
+
+
+@dataclass
+class PlacementConfig:
+    colocate: bool = False  # rollout engines and learners share one pool (bundle i = learner i + engine i) vs separate pools
+    num_nodes: int = 1  # nodes the whole job expects in the Ray cluster
+    rollout_num_nodes: int = 1  # nodes the rollout engines spread over
+    learner_num_nodes: int = 1  # nodes the learners spread over
+    cpus_per_engine: float = 1.0  # Ray CPUs reserved per rollout engine actor
+    gpus_per_engine: float = 0.0  # Ray GPUs reserved per rollout engine (on GPU = rollout.tensor_parallel_size; colocated e.g. 0.5)
+    cpus_per_scorer: float = 0.5  # Ray CPUs per scorer actor (scorers get no placement group)
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # how each placement group's bundles spread over nodes
+    learner_node_resource: Optional[str] = None  # custom Ray resource pinning learners to nodes that declare it (e.g. "learner_pool")
+    rollout_node_resource: Optional[str] = None  # custom Ray resource pinning rollout engines to nodes that declare it (e.g. "rollout_pool")
+
+
+@dataclass
+class LogoDataConfig:
+    num_relevant: int = 6  # top-scored chunks that form the preferred answer's context C_hi (LOGO code: top 6)
+    num_partial: int = 3  # top relevant chunks in the "partial" dis-preferred prompt (LOGO code: top 3)
+    min_score: float = 0.0  # a chunk counts as relevant only with importance > this
+    context_chunks: int = 16  # chunks in the shared training context C' (relevant + random irrelevant, original order)
+    sparse_ratio: float = 0.1  # share of samples with sparse position ids (paper: sparse:continuous 1:9)
+    shard_size: int = 64  # records per Parquet shard (a re-run skips finished shards)
+    generation_temperature: float = 0.7  # sampling temperature of the preferred / dis-preferred answers
+    generation_top_p: float = 0.95  # nucleus sampling mass of the answers
+    max_new_tokens: int = 512  # tokens generated per answer (also reserved at the end of the position window)
+    output_dir: str = "outputs/logo_data"  # folder of the Parquet shards and manifest.json
+
+
+@dataclass
+class SoLoPOConfig:
+    mode: Literal["online", "offline"] = "online"  # online: sample/score/train every iteration; offline: a fixed pairs file
+    long_po: bool = False  # the Long-PO baseline: PO on the long context, no SoLo-RA
+    prompts_per_iteration: int = 8  # short prompts sampled per rollout iteration
+    max_pairs_per_prompt: int = 1  # (chosen, rejected) pairs kept per prompt
+    pairs_path: Optional[str] = None  # offline mode: JSONL/Parquet with prompt, long_prompt, chosen, rejected
+    long_prompt_key: str = "long_prompt"  # offline mode: column of the long-context prompt
+    num_eval_prompts: int = 16  # held-out questions evaluated (short and long context)
+    eval_max_new_tokens: int = 48  # greedy tokens per eval answer
+
+
+@dataclass
+class LcrayConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # policy model
+    data: DataConfig = field(default_factory=DataConfig)  # datasets and their columns
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # generation engines
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)  # rewards and importance scoring
+    learner: LearnerConfig = field(default_factory=LearnerConfig)  # DeepSpeed learners and optimizer
+    algo: AlgoConfig = field(default_factory=AlgoConfig)  # preference loss
+    ckpt: CkptConfig = field(default_factory=CkptConfig)  # checkpointing
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # metrics and progress
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # the training loop
+    placement: PlacementConfig = field(default_factory=PlacementConfig)  # where each role's actors run (Ray placement groups)
+    logo_data: LogoDataConfig = field(default_factory=LogoDataConfig)  # LOGO offline preference-data builder
+    solopo: SoLoPOConfig = field(default_factory=SoLoPOConfig)  # SoLoPO online/offline loop
+
+    def validate(self) -> None:
+        from lcray.config.validation import validate  # validation imports this module
+
+        validate(self)
+
+
