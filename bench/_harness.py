@@ -17,6 +17,10 @@ tiny one built if needed) in its own "prep" child for the same reason. Single-pr
 is kept (not a bare forward/backward/step) because on one CPU rank it adds only small fixed
 buffers, equal in both cases and mostly removed by the baseline subtraction; the step measured
 is exactly the one training runs. OMP/MKL threads are set to --threads in every child.
+
+Run on an otherwise idle machine. If other processes keep the cores busy, every multi-threaded
+op waits for a scheduler slice at its OpenMP barrier (milliseconds per op on CPU), so step time
+tracks the number of ops (forwards) rather than the work; --threads 1 is then the fairer figure.
 """
 from __future__ import annotations
 

@@ -38,6 +38,8 @@ class DataConfig:
     seed: int = 0  # seed for synthetic data and shuffling
     num_synthetic_train: int = 64  # synthetic training examples when train_path is None
     num_synthetic_eval: int = 16  # synthetic eval examples when eval_path is None
+    synthetic_hops: int = 2  # supporting documents a synthetic question chains through (1 = single-hop)
+    synthetic_distractors: int = 20  # distractor documents per synthetic record
     short_context_tokens: int = 300  # length of the short (compressed) context (SoLoPO)
     long_context_tokens: int = 2048  # length of the long context in synthetic data
     chunk_tokens: int = 512  # chunk size when splitting a long context for importance scoring

@@ -33,7 +33,8 @@ def load_qa_records(data: Any, split: str) -> list[QARecord]:
         return list(read_records(path, on_error=data.on_error, format=data.format))
     n = data.num_synthetic_train if split == "train" else data.num_synthetic_eval
     seed = data.seed if split == "train" else data.seed + 10_000
-    return make_synthetic_records(n, seed=seed, entity_pool="train" if split == "train" else "test")
+    return make_synthetic_records(n, seed=seed, entity_pool="train" if split == "train" else "test",
+                                  num_support=data.synthetic_hops, num_distractors=data.synthetic_distractors)
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
