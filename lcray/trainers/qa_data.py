@@ -60,8 +60,10 @@ def make_pairs(prompt: QAPrompt, completions: Sequence[Completion], correct: Seq
 
     No pair when every sample is correct or every one is wrong (no contrast). Distinct samples
     are paired without reuse, up to max_pairs. long_po = the baseline: PO on x_long, no SoLo-RA.
+    A chosen answer must have ended on its own: one cut at max_new_tokens would teach the policy
+    not to stop (seen as "Answer: Answer: ..." loops on a small model).
     """
-    good = [c for c, ok in zip(completions, correct) if ok and c.token_ids]
+    good = [c for c, ok in zip(completions, correct) if ok and c.token_ids and c.finish_reason != "length"]
     bad = [c for c, ok in zip(completions, correct) if not ok and c.token_ids]
     rng.shuffle(good)
     rng.shuffle(bad)

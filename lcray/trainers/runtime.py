@@ -48,7 +48,10 @@ def init_ray(cfg: LcrayConfig) -> None:
     env = {**ACTOR_ENV, **{k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR", "LCRAY_CACHE", "VLLM_CPU_KVCACHE_SPACE") if k in os.environ}}
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        # Under `ray job submit` the job's runtime_env already reaches every actor, and Ray refuses
+        # to merge a key both set: add only what the job left out.
+        extra = {k: v for k, v in ACTOR_ENV.items() if k not in os.environ}
+        ray.init(address=address, runtime_env={"env_vars": extra} if extra else None, log_to_driver=True)
         return
     num_cpus = max(os.cpu_count() or 1, int(_demand(cfg) + 0.999))
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
@@ -105,10 +108,13 @@ class Runtime:
 
 
 def uses_nccl_sync(cfg: LcrayConfig) -> bool:
-    """NCCL weight sync needs GPUs on both sides and the vLLM back end."""
+    """NCCL weight sync needs GPUs on both sides and the vLLM back end; `auto` also avoids it when
+    learner and engine share a GPU (colocated: NCCL refuses two ranks on one device) and with
+    LoRA (only the object-store path merges adapters)."""
     mode = cfg.rollout.weight_sync
     if mode == "auto":
-        return cfg.rollout.backend == "vllm" and cfg.learner.gpus_per_learner > 0
+        return (cfg.rollout.backend == "vllm" and cfg.learner.gpus_per_learner > 0
+                and not cfg.placement.colocate and cfg.model.lora.r == 0)
     if mode == "nccl" and cfg.rollout.backend != "vllm":
         raise ValueError("rollout.weight_sync=nccl needs rollout.backend=vllm")
     return mode == "nccl"

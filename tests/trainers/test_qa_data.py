@@ -33,6 +33,9 @@ def test_no_contrast_gives_no_pair_and_long_po_uses_long_prompt():
     assert pair.prompt_ids == PROMPT.long_ids and pair.long_prompt_ids is None
     # identical token ids can't teach a preference
     assert make_pairs(PROMPT, [comp(5), comp(5)], [True, False], rng=rng) == []
+    # a correct answer cut at max_new_tokens is never the chosen one
+    cut = Completion(text="", token_ids=[7, 8], logprobs=[-1.0, -1.0], finish_reason="length")
+    assert make_pairs(PROMPT, [cut, comp(9)], [True, False], rng=rng) == []
 
 
 def test_offline_pairs_file(tmp_path, tiny_model_dir):

@@ -1,0 +1,105 @@
+"""`ray job submit` against a real Ray head on loopback, as users run lcray on a cluster.
+
+Starts its own head (`ray start --head --block` in a new process group, dashboard on
+127.0.0.1, token auth off for this loopback-only head as DESIGN.md says), submits the SoLoPO
+recipe with a tiny config through `ray job submit --working-dir .`, waits for SUCCEEDED, checks
+the outputs, and stops only the head it started (its process group), never `ray stop`.
+"""
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from lcray.data.records import write_records
+from lcray.data.synthetic import make_synthetic_records
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # the venv's ray / python
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_cli(*args, env, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture
+def ray_head():
+    gcs, dash = free_port(), free_port()
+    # Short temp dir: Ray's unix sockets live there and pytest's tmp_path is too long for them.
+    temp_dir = tempfile.mkdtemp(prefix="lcray-ray-", dir="/tmp")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 120
+        while ray_cli("job", "list", "--address", address, env=env, timeout=60).returncode != 0:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "Ray head did not come up"
+            time.sleep(2)
+        yield address, env
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # only this head: its own process group
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_solopo_recipe_runs_as_a_ray_job(ray_head, tiny_model_dir, tmp_path):
+    address, env = ray_head
+    # Tiny random model: gold "er" (a common letter pair) so samples disagree and pairs form.
+    recs = [dataclasses.replace(r, answers=["er"]) for r in make_synthetic_records(12, seed=0, num_distractors=6)]
+    write_records(recs, tmp_path / "train.jsonl")
+    write_records(recs[:2], tmp_path / "eval.jsonl")
+    out = tmp_path / "out"
+    overrides = [
+        f"model.name_or_path={tiny_model_dir}", f"data.train_path={tmp_path}/train.jsonl", f"data.eval_path={tmp_path}/eval.jsonl",
+        "data.short_context_tokens=200", "data.long_context_tokens=500", "rollout.max_new_tokens=16", "rollout.temperature=1.0",
+        "rollout.max_model_len=1024", "learner.learning_rate=0.001", "learner.train_batch_size=2", "learner.cpus_per_learner=1",
+        "placement.cpus_per_engine=1", "algo.loss_type=simpo", "solopo.prompts_per_iteration=8", "solopo.num_eval_prompts=2",
+        "solopo.eval_max_new_tokens=4", "trainer.max_steps=2", "logging.progress_bar=false",
+        f"trainer.output_dir={out}", f"ckpt.path={out}/ckpt", f"logging.logdir={out}/tb",
+    ]
+    runtime_env = {"excludes": [".venv", ".git", "outputs", ".cache", "*.egg-info"],
+                   "env_vars": {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", ""), "HF_HUB_OFFLINE": "1"}}
+    sub = ray_cli("job", "submit", "--address", address, "--no-wait", "--working-dir", ".",
+                  "--runtime-env-json", json.dumps(runtime_env), "--", "python", "recipes/solopo.py", *overrides, env=env)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    job_id = next(w for w in (sub.stdout + sub.stderr).split() if w.startswith("raysubmit_")).strip("'\".,")
+    deadline, status = time.monotonic() + 900, ""
+    while time.monotonic() < deadline:
+        status = ray_cli("job", "status", job_id, "--address", address, env=env).stdout
+        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+            break
+        time.sleep(5)
+    logs = ray_cli("job", "logs", job_id, "--address", address, env=env).stdout
+    print(logs[-3000:])
+    assert "SUCCEEDED" in status, status + logs[-5000:]
+    assert "=== SoLoPO summary ===" in logs
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2
+    assert (out / "final_model" / "config.json").is_file()
+    assert (out / "ckpt" / "latest").is_file()
