@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     b, a = s["eval_before"], s["eval_after"]
     print("\n=== LOGO summary ===")
     print(f"steps: {s['steps']}   training examples: {s['examples']} (chosen + {cfg.algo.logo.num_negatives} rejected each)")
-    print(f"long-context sub-EM:  {b['sub_em_long']:.3f} -> {a['sub_em_long']:.3f}   short: {b['sub_em_short']:.3f} -> {a['sub_em_short']:.3f}")
+    print(f"long-context sub-EM:  {b.get('sub_em_long', float('nan')):.3f} -> {a['sub_em_long']:.3f}   short: {b.get('sub_em_short', float('nan')):.3f} -> {a['sub_em_short']:.3f}")
     print(f"data: {Path(cfg.logo_data.output_dir).resolve()}   TensorBoard: {s['tensorboard']}")
     print(f"final HF model: {s['final_model']}")
     return s

@@ -27,8 +27,8 @@ def print_summary(s: dict) -> None:
     print("\n=== SoLoPO summary ===")
     print(f"{s['workload']}: steps: {s['steps']}   pairs: {s['pairs']} from {s['prompts']} prompts "
           f"({s['prompts_with_pair']} had a correct/incorrect contrast; {s['samples']} samples)")
-    print(f"long-context sub-EM:  {b['sub_em_long']:.3f} -> {a['sub_em_long']:.3f}   (held-out, rho ~ {s['mean_rho']:.2f})")
-    print(f"short-context sub-EM: {b['sub_em_short']:.3f} -> {a['sub_em_short']:.3f}")
+    print(f"long-context sub-EM:  {b.get('sub_em_long', float('nan')):.3f} -> {a['sub_em_long']:.3f}   (held-out, rho ~ {s['mean_rho']:.2f})")
+    print(f"short-context sub-EM: {b.get('sub_em_short', float('nan')):.3f} -> {a['sub_em_short']:.3f}")
     print(f"TensorBoard logs:     {s['tensorboard']}   (tensorboard --logdir {s['tensorboard']})")
     print(f"final HF model:       {s['final_model']}")
 

@@ -137,6 +137,7 @@ class TrainerConfig:
     output_dir: str = "outputs"  # final model (HF folder) and run artifacts
     max_steps: int = 10  # optimizer steps to train
     eval_steps: int = 0  # evaluate every N steps; 0 = only at the end
+    eval_before: bool = True  # evaluate the untrained model first (the 'before' of the summary)
     seed: int = 0  # global seed (data order, Ray placement)
 
 

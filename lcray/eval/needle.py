@@ -214,9 +214,9 @@ def needle_sweep(model: Any, tokenizer: Any = None, *, lengths: Sequence[int], d
                  num_trials: int = 1, seed: int = 0, backend: str = "vllm", max_new_tokens: int = 16,
                  dtype: str = "float32") -> NeedleResult:
     """Run the sweep. `model`: a model path/name (an engine is started for it, sized to the
-    longest prompt, and dropped afterwards) or anything with `.generate` (then `tokenizer`, or
-    the engine's `.tokenizer`, renders the prompts)."""
-    from lcray.eval.runner import count_tokens, start_engine
+    longest prompt, and released afterwards: runner.engine_session) or anything with
+    `.generate` (then `tokenizer`, or the engine's `.tokenizer`, renders the prompts)."""
+    from lcray.eval.runner import count_tokens, engine_session
     from lcray.models import load_tokenizer, resolve_model_path
 
     is_path = isinstance(model, (str, os.PathLike))
@@ -228,8 +228,9 @@ def needle_sweep(model: Any, tokenizer: Any = None, *, lengths: Sequence[int], d
     if not is_path:
         return score_needle(model, cases, tokenizer, max_new_tokens=max_new_tokens)
     longest = max(count_tokens(tokenizer, needle_prompts(cases, tokenizer)))
-    engine = start_engine(path, backend=backend, max_model_len=longest + max_new_tokens, dtype=dtype, seed=seed)
-    return score_needle(engine, cases, tokenizer, max_new_tokens=max_new_tokens, model=str(model))
+    with engine_session(path, backend=backend, max_model_len=longest + max_new_tokens, dtype=dtype,
+                        seed=seed) as engine:
+        return score_needle(engine, cases, tokenizer, max_new_tokens=max_new_tokens, model=str(model))
 
 
 def render_heatmap(result: NeedleResult, path: Union[str, os.PathLike[str]], *, title: Optional[str] = None) -> str:

@@ -14,13 +14,15 @@ def evaluate_answers(rollout: Any, prompts: Sequence[Any], golds: Sequence[Seque
                      max_new_tokens: int = 64, stop: Sequence[str] = ()) -> dict[str, Any]:
     """Greedy answers for `prompts` (text or token ids), scored against `golds`.
 
-    Returns mean sub_em / f1 / em over prompts, plus per-example predictions."""
+    Returns mean sub_em / f1 / em over prompts, plus per-example predictions and sub-EM scores."""
     if len(prompts) != len(golds):
         raise ValueError(f"{len(prompts)} prompts but {len(golds)} gold answer lists")
     results = rollout.generate(list(prompts), SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop=tuple(stop)))
     preds = [extract_answer(r.completions[0].text) for r in results]
+    scores = [sub_em(p, g) for p, g in zip(preds, golds)]
     return {
-        "sub_em": mean(sub_em(p, g) for p, g in zip(preds, golds)) if preds else 0.0,
+        "sub_em": mean(scores) if scores else 0.0,
+        "sub_em_per_example": scores,  # for bootstrap intervals
         "f1": mean(qa_f1(p, g) for p, g in zip(preds, golds)) if preds else 0.0,
         "em": mean(exact_match(p, g) for p, g in zip(preds, golds)) if preds else 0.0,
         "predictions": preds,

@@ -18,6 +18,8 @@ This module imports nothing heavy at the top: the CLI imports it for `lcray --he
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import logging
 import os
@@ -25,7 +27,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
 
 from lcray.eval.metrics import exact_match, qa_f1, rouge_l, sub_em
 from lcray.utils.fs import atomic_write_text
@@ -245,14 +247,36 @@ def start_engine(model_path: PathLike, *, backend: str = "vllm", max_model_len: 
     return create_engine(backend, str(path), dtype=dtype, max_model_len=max_model_len, seed=seed)
 
 
+@contextlib.contextmanager
+def engine_session(model_path: PathLike, *, backend: str = "vllm", max_model_len: int, dtype: str = "float32",
+                   seed: int = 0) -> Iterator[Any]:
+    """start_engine for a with-block, then undo what an in-process vLLM leaves behind: a
+    torch.distributed (gloo) group and a dozen environment variables (LD_PRELOAD,
+    LOCAL_WORLD_SIZE, ...). Without this, training or DeepSpeed started later in the same
+    process (a notebook, a test session) would find a foreign process group."""
+    env = dict(os.environ)
+    engine = start_engine(model_path, backend=backend, max_model_len=max_model_len, dtype=dtype, seed=seed)
+    try:
+        yield engine
+    finally:
+        del engine
+        gc.collect()
+        if backend == "vllm":
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
+        os.environ.clear()
+        os.environ.update(env)
+
+
 def evaluate_model(model_path: Optional[PathLike], tasks: Sequence[EvalTask], *,
                    context_lengths: Sequence[Length] = (None,), backend: str = "vllm", engine: Any = None,
                    tokenizer: Any = None, max_new_tokens: int = 64, seed: int = 0,
                    dtype: str = "float32") -> EvalReport:
     """Score `tasks` at each context length with greedy decoding.
 
-    Starts one engine for `model_path` unless `engine` (anything with `.generate`) is given;
-    the tokenizer (for context building and prompt rendering) is `tokenizer`, else the model
+    Starts one engine for `model_path` (released afterwards, see engine_session) unless
+    `engine` (anything with `.generate`) is given; the tokenizer (for context building and prompt rendering) is `tokenizer`, else the model
     folder's, else the engine's `.tokenizer`."""
     from lcray.models import load_tokenizer
 
@@ -261,12 +285,14 @@ def evaluate_model(model_path: Optional[PathLike], tasks: Sequence[EvalTask], *,
     if tokenizer is None:
         raise ValueError("evaluate_model needs model_path, tokenizer, or an engine with .tokenizer")
     prepared = prepare_eval(tasks, tokenizer, context_lengths=context_lengths, seed=seed)
-    if engine is None:
-        if model_path is None:
-            raise ValueError("evaluate_model needs model_path or engine")
-        engine = start_engine(model_path, backend=backend, dtype=dtype, seed=seed,
-                              max_model_len=prepared.max_prompt_tokens + max_new_tokens)
-    return run_prepared(engine, prepared, model=str(model_path or ""), max_new_tokens=max_new_tokens)
+    model = str(model_path or "")
+    if engine is not None:
+        return run_prepared(engine, prepared, model=model, max_new_tokens=max_new_tokens)
+    if model_path is None:
+        raise ValueError("evaluate_model needs model_path or engine")
+    with engine_session(model_path, backend=backend, dtype=dtype, seed=seed,
+                        max_model_len=prepared.max_prompt_tokens + max_new_tokens) as owned:
+        return run_prepared(owned, prepared, model=model, max_new_tokens=max_new_tokens)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -310,33 +336,36 @@ def run(args: argparse.Namespace) -> int:
     from lcray.eval import needle as nd
     from lcray.models import load_tokenizer, resolve_model_path
 
-    try:
-        path = resolve_model_path(args.model)
-        tokenizer = load_tokenizer(path)
-        tasks = _tasks_from_args(args)
-        prepared = prepare_eval(tasks, tokenizer, context_lengths=parse_lengths(args.lengths),
-                                seed=args.seed) if tasks else None
-        cases = nd.make_needle_cases(tokenizer, lengths=[int(x) for x in args.needle_lengths.split(",")],
-                                     depths=[float(x) for x in args.needle_depths.split(",")],
-                                     num_trials=args.needle_trials, seed=args.seed) if args.needle else []
-        if prepared is None and not cases:
-            raise ValueError("nothing to evaluate: give --task, --synthetic N > 0 or --needle")
-        longest = max([prepared.max_prompt_tokens if prepared else 0]
-                      + count_tokens(tokenizer, nd.needle_prompts(cases, tokenizer)))
-        engine = start_engine(path, backend=args.backend, max_model_len=longest + args.max_new_tokens,
-                              dtype=args.dtype, seed=args.seed)
-    except (DataError, FileNotFoundError, ValueError) as e:
-        print(f"lcray eval: error: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    if prepared is not None:
-        report = run_prepared(engine, prepared, model=str(args.model), max_new_tokens=args.max_new_tokens)
-        files = report.save(out)
-        print(report.to_markdown())
-        print("wrote " + ", ".join(files.values()))
-    if cases:
-        result = nd.score_needle(engine, cases, tokenizer, max_new_tokens=args.max_new_tokens, model=str(args.model))
-        files = result.save(out)
-        print(result.to_markdown())
-        print("wrote " + ", ".join(files.values()))
+    with contextlib.ExitStack() as stack:
+        try:  # bad inputs (and a window too small for the lengths) are usage errors: exit 2
+            path = resolve_model_path(args.model)
+            tokenizer = load_tokenizer(path)
+            tasks = _tasks_from_args(args)
+            prepared = prepare_eval(tasks, tokenizer, context_lengths=parse_lengths(args.lengths),
+                                    seed=args.seed) if tasks else None
+            cases = nd.make_needle_cases(tokenizer, lengths=[int(x) for x in args.needle_lengths.split(",")],
+                                         depths=[float(x) for x in args.needle_depths.split(",")],
+                                         num_trials=args.needle_trials, seed=args.seed) if args.needle else []
+            if prepared is None and not cases:
+                raise ValueError("nothing to evaluate: give --task, --synthetic N > 0 or --needle")
+            # one engine for everything, sized to the longest prompt of either kind
+            longest = max([prepared.max_prompt_tokens if prepared else 0]
+                          + count_tokens(tokenizer, nd.needle_prompts(cases, tokenizer)))
+            engine = stack.enter_context(engine_session(
+                path, backend=args.backend, max_model_len=longest + args.max_new_tokens, dtype=args.dtype,
+                seed=args.seed))
+        except (DataError, FileNotFoundError, ValueError) as e:
+            print(f"lcray eval: error: {e}", file=sys.stderr)
+            return 2
+        out, model = Path(args.out), str(args.model)
+        if prepared is not None:
+            report = run_prepared(engine, prepared, model=model, max_new_tokens=args.max_new_tokens)
+            files = report.save(out)
+            print(report.to_markdown())
+            print("wrote " + ", ".join(files.values()))
+        if cases:
+            result = nd.score_needle(engine, cases, tokenizer, max_new_tokens=args.max_new_tokens, model=model)
+            files = result.save(out)
+            print(result.to_markdown())
+            print("wrote " + ", ".join(files.values()))
     return 0

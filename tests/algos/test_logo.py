@@ -1,6 +1,5 @@
 """LOGO loss: hand values, M = 1 == SimPO, exact gradients, and the two official-code defects."""
 
-import math
 
 import pytest
 import torch
@@ -8,18 +7,10 @@ import torch.nn.functional as F
 
 from lcray.algos import logo_loss, simpo_loss
 from lcray.algos.objective import SeqLogps
+from _hand import neg_log_sigmoid, sigmoid, t
 
 
-def t(*xs, grad=False):
-    return torch.tensor(xs, dtype=torch.float64, requires_grad=grad)
 
-
-def neg_log_sigmoid(x: float) -> float:
-    return math.log(1.0 + math.exp(-x))
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
 
 
 BETA, GAMMA, COEF = 2.0, 0.5, 0.1

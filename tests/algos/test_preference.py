@@ -9,19 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lcray.algos import dpo_loss, log_odds, orpo_loss, reward, simpo_loss
+from _hand import neg_log_sigmoid, sigmoid, t
 
 
-def t(*xs, grad=False):
-    return torch.tensor(xs, dtype=torch.float64, requires_grad=grad)
 
-
-def neg_log_sigmoid(x: float) -> float:
-    """-log(1 / (1 + e^-x)), written out on python floats."""
-    return math.log(1.0 + math.exp(-x))
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
 
 
 # ---- DPO ------------------------------------------------------------------------------------

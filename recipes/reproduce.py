@@ -1,0 +1,513 @@
+#!/usr/bin/env python
+"""Reproduce the papers' comparison at laptop scale: base vs Long-PO vs SoLoPO vs LOGO.
+
+    python recipes/reproduce.py                       # full preset: SmolLM2-135M, ~40 min on 2 CPU cores
+    python recipes/reproduce.py --dry-run             # print the settings and the planned budget only
+    python recipes/reproduce.py --po dpo --methods base,long-po,solopo
+    python recipes/reproduce.py --preset ci --out /tmp/r --docs /tmp/r   # tiny model, ~3 min
+    python recipes/reproduce.py learner.learning_rate=1e-4                # extra KEY=VALUE for every method
+
+Every method trains with the SAME budget (max_steps, train_batch_size, learning rate, LoRA,
+model, data; recipes/reproduce.yaml) and differs only in its loss:
+
+    base      no training: the untrained model's held-out eval (the first run's eval_before)
+    long-po   the chosen PO on the LONG context, no SoLo-RA (solopo.long_po=true, alpha 0)
+    solopo    the chosen PO on the SHORT context + SoLo-RA on the long one (paper alpha)
+    logo      LOGO (multi-negative, reference-free) on its positional-index-synthesized data
+
+Each method is one trainer run in <out>/<method>/ (one embedded Ray shared by the runs). All of
+them are scored on the same held-out questions (different seed and entity pool than training)
+with the long and the short context. Outputs: <out>/results.json (raw per-method summaries and
+statistics), <docs>/RESULTS.md (table + settings + what held / what did not, judged by 95%
+bootstrap intervals) and <docs>/results.png.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from _bootstrap import REPO, bootstrap
+
+bootstrap()
+
+from lcray.config import ConfigError, LcrayConfig, load_config, to_dict  # noqa: E402
+from lcray.eval.metrics import sub_em  # noqa: E402
+from lcray.eval.stats import bootstrap_ci, paired_difference_ci  # noqa: E402
+from lcray.utils.fs import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).with_name("reproduce.yaml")
+METHODS = ("base", "long-po", "solopo", "logo")
+TRAINED = ("long-po", "solopo", "logo")  # run order; the first one also evaluates the base model
+PO_CHOICES = ("dpo", "simpo", "orpo")
+PAPER_ALPHA = {"dpo": 3.0, "simpo": 1.0, "orpo": 1.0}  # SoLoPO paper, Qwen2.5-7B-Instruct
+PO_SETTINGS = {  # each PO's own knobs (the same for Long-PO and SoLoPO)
+    "dpo": ["algo.beta=0.1"],
+    "simpo": ["algo.beta=2.5", "algo.simpo_gamma=0.5"],
+    "orpo": ["algo.beta=0.25"],  # ORPO's lambda
+}
+LOGO_SETTINGS = ["algo.loss_type=logo", "algo.beta=2.5", "algo.simpo_gamma=0.25", "algo.nll_coef=0.1",
+                 "algo.logo.num_negatives=2", "algo.solo_ra.alpha=0"]  # paper: Mistral-7B beta/gamma, lambda 0.1, M 2
+NUM_RESAMPLES, CONFIDENCE, BOOT_SEED = 2000, 0.95, 0
+
+# The tiny CI preset: a random model, so the gold answer is the letter pair "er" (some samples
+# contain it, some don't: pairs form); 2 steps, 4 held-out questions. A random model (almost)
+# never emits EOS, and a chosen answer must have ended on its own (make_pairs), so samples stop at
+# " 2", a string frequent in its output (about 2/3 of the prompts then yield a pair).
+CI_OVERRIDES = [
+    "model.name_or_path=tiny", "model.lora.r=8", "model.lora.alpha=16",
+    "data.short_context_tokens=200", "data.long_context_tokens=600", "data.chunk_tokens=64", "data.target_len=16384",
+    "data.synthetic_distractors=6",
+    "rollout.max_new_tokens=32", 'rollout.stop=[" 2"]', "rollout.temperature=1.0", "rollout.max_model_len=2048", "rollout.kv_cache_space_gb=1",
+    "learner.learning_rate=0.001", "learner.train_batch_size=2", "learner.cpus_per_learner=1",
+    "placement.cpus_per_engine=1",
+    "logo_data.context_chunks=6", "logo_data.max_new_tokens=16", "logo_data.shard_size=8",
+    "solopo.prompts_per_iteration=8", "solopo.num_eval_prompts=4", "solopo.eval_max_new_tokens=8",
+    "trainer.max_steps=2", "logging.progress_bar=false",
+]
+CI_TRAIN_RECORDS, CI_EVAL_RECORDS = 16, 4
+
+# Budget model of the full preset, measured on the 2-core dev machine with SmolLM2-135M:
+# start-up of a run (Ray actors, vLLM, DeepSpeed) ~1.5 min; 24 questions short + long (~300 +
+# ~1.2K tokens) ~1 min of greedy eval; one SoLoPO step (4 pairs, 300/1.2K contexts) 50-90 s, of
+# which ~30 s rollout. The learner part is scaled by the tokens it processes per pair.
+STARTUP_MIN = 1.5
+EVAL_MIN_PER_Q_TOKEN = 1.0 / (24 * 1500)  # minutes per question per (short + long) prompt token
+LEARNER_REF_TOKENS = 2 * 300 + 1200  # tokens per SoLoPO pair at 300/1.2K (chosen + rejected short, chosen long)
+STEP_SPLIT_S = {"mid": (30.0, 40.0), "slow": (40.0, 50.0)}  # (rollout, learner) seconds: a 70 s / 90 s step
+LOGO_BUILD_S_PER_RECORD = 3.5  # 3 sampled answers from ~1K-token contexts per training record
+
+
+# ----------------------------------------------------------------------------- configs
+def method_overrides(method: str, po: str) -> list[str]:
+    if method == "long-po":
+        return [f"algo.loss_type={po}", *PO_SETTINGS[po], "solopo.long_po=true", "algo.solo_ra.alpha=0"]
+    if method == "solopo":
+        return [f"algo.loss_type={po}", *PO_SETTINGS[po], "solopo.long_po=false", f"algo.solo_ra.alpha={PAPER_ALPHA[po]}"]
+    if method == "logo":
+        return list(LOGO_SETTINGS)
+    raise ValueError(f"no trainer for method {method!r}")
+
+
+def run_dir_overrides(out: Path, method: str, *, eval_before: bool) -> list[str]:
+    d = out / method
+    return [f"trainer.output_dir={d}", f"ckpt.path={d}/ckpt", f"logging.logdir={d}/tb",
+            f"logo_data.output_dir={d}/data", f"trainer.eval_before={str(eval_before).lower()}", "ckpt.resume=false"]
+
+
+def write_ci_data(out: Path) -> list[str]:
+    """Train/eval QA files for the ci preset: different seeds AND entity pools, gold = "er"."""
+    from lcray.data.records import write_records
+    from lcray.data.synthetic import make_synthetic_records
+
+    d = out / "data"
+    train = [dataclasses.replace(r, answers=["er"])
+             for r in make_synthetic_records(CI_TRAIN_RECORDS, seed=0, num_distractors=6, entity_pool="train")]
+    evals = [dataclasses.replace(r, answers=["er"])
+             for r in make_synthetic_records(CI_EVAL_RECORDS, seed=1, num_distractors=6, entity_pool="test")]
+    write_records(train, d / "train.jsonl")
+    write_records(evals, d / "eval.jsonl")
+    return [f"data.train_path={d / 'train.jsonl'}", f"data.eval_path={d / 'eval.jsonl'}"]
+
+
+def estimate_minutes(cfg: LcrayConfig, methods: Sequence[str], speed: str = "mid") -> dict[str, float]:
+    """Planned wall time per phase (minutes) of the full preset on the 2-core dev machine
+    (speed: "mid" = the middle of the measured step times, "slow" = their slow end)."""
+    rollout_s, learner_s = STEP_SPLIT_S[speed]
+    d, s = cfg.data, cfg.solopo
+    steps, batch = cfg.trainer.max_steps, cfg.learner.train_batch_size
+    trained = [m for m in TRAINED if m in methods]
+    eval_min = EVAL_MIN_PER_Q_TOKEN * s.num_eval_prompts * (d.short_context_tokens + d.long_context_tokens)
+    logo_tokens = (1 + cfg.algo.logo.num_negatives) * cfg.logo_data.context_chunks * d.chunk_tokens
+    tokens = {"long-po": 2 * d.long_context_tokens, "solopo": 2 * d.short_context_tokens + d.long_context_tokens,
+              "logo": logo_tokens}
+    step_s = {m: (0.0 if m == "logo" else rollout_s) + learner_s * tokens[m] / LEARNER_REF_TOKENS for m in trained}
+    plan = {
+        "start-up": STARTUP_MIN * max(len(trained), 1),
+        "eval": eval_min * (len(trained) + ("base" in methods)),
+        **{f"train {m} ({steps} steps x ~{step_s[m] * batch / 4:.0f} s)": steps * step_s[m] * batch / 4 / 60
+           for m in trained},
+    }
+    if "logo" in trained:
+        plan["LOGO data build"] = LOGO_BUILD_S_PER_RECORD * d.num_synthetic_train / 60
+    plan["total"] = sum(plan.values())
+    return plan
+
+
+# ----------------------------------------------------------------------------- statistics
+def _ci(mean_low_high: tuple[float, float, float]) -> dict[str, float]:
+    mean, low, high = mean_low_high
+    return {"mean": mean, "low": low, "high": high}
+
+
+def scores_from_predictions(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> list[float]:
+    return [sub_em(p, g) for p, g in zip(predictions, golds, strict=True)]
+
+
+def method_stats(scores: dict[str, list[float]], base: Optional[dict[str, list[float]]]) -> dict[str, Any]:
+    kw = dict(num_resamples=NUM_RESAMPLES, confidence=CONFIDENCE, seed=BOOT_SEED)
+    out: dict[str, Any] = {}
+    for ctx in ("long", "short"):
+        ci = bootstrap_ci(scores[ctx], **kw)
+        out[f"{ctx}_sub_em"], out[f"{ctx}_ci"] = ci[0], [ci[1], ci[2]]
+        if base is not None:
+            diff = paired_difference_ci(scores[ctx], base[ctx], **kw)
+            out[f"{ctx}_diff_vs_base"] = _ci(diff)
+    return out
+
+
+def paired(results: dict[str, dict], a: str, b: str, ctx: str = "long") -> Optional[dict[str, float]]:
+    if a not in results or b not in results:
+        return None
+    kw = dict(num_resamples=NUM_RESAMPLES, confidence=CONFIDENCE, seed=BOOT_SEED)
+    return _ci(paired_difference_ci(results[a]["scores"][ctx], results[b]["scores"][ctx], **kw))
+
+
+def judge(diff: Optional[dict[str, float]], *, weak: bool = False) -> str:
+    """Verdict of 'a > b' (or 'a >= b' when weak) from the paired 95% interval of a - b."""
+    if diff is None:
+        return "not tested (method not run)"
+    if diff["low"] > 0:
+        return "held (interval above 0)"
+    if diff["high"] < 0:
+        return "did not hold (reversed: interval below 0)"
+    if weak:
+        return "held in the weak sense (not worse: interval contains 0)"
+    return "not shown (interval contains 0)"
+
+
+def claims(results: dict[str, dict], po: str) -> list[dict[str, Any]]:
+    """The papers' long-context ordering (main=True) plus SoLoPO vs base, each judged on the paired
+    interval of the long-context difference."""
+    P = po_name(po)
+    specs = [
+        (f"SoLo-{P} > Long-{P} on long contexts", "solopo", "long-po", False, True),
+        (f"Long-{P} >= base on long contexts", "long-po", "base", True, True),
+        ("LOGO > base on long contexts", "logo", "base", False, True),
+        (f"SoLo-{P} > base on long contexts", "solopo", "base", False, False),
+    ]
+    out = []
+    for text, a, b, weak, main in specs:
+        diff = paired(results, a, b)
+        out.append({"claim": text, "a": a, "b": b, "weak": weak, "main": main, "diff": diff,
+                    "verdict": judge(diff, weak=weak),
+                    "held": None if diff is None else bool(diff["high"] >= 0 if weak else diff["low"] > 0)})
+    return out
+
+
+# ----------------------------------------------------------------------------- reporting
+def po_name(po: str) -> str:
+    return {"dpo": "DPO", "simpo": "SimPO", "orpo": "ORPO"}[po]
+
+
+def label(method: str, po: str) -> str:
+    P = po_name(po)
+    return {"base": "base (untrained)", "long-po": f"Long-{P}", "solopo": f"SoLo-{P}", "logo": "LOGO"}[method]
+
+
+def _fmt_ci(mean: float, lo: float, hi: float, signed: bool = False) -> str:
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(mean)} [{f.format(lo)}, {f.format(hi)}]"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    st, po, results = report["settings"], report["po"], report["methods"]
+    lines = [
+        "# Results: base vs Long-PO vs SoLoPO vs LOGO (laptop scale)",
+        "",
+        f"Generated by `python recipes/reproduce.py --preset {report['preset']} --po {po}` on "
+        f"{st['machine']} ({report['finished']}; total wall time {report['wall_minutes']:.1f} min). "
+        f"Held-out sub-EM (mean over {st['eval_questions']} questions) with percentile-bootstrap "
+        f"{int(CONFIDENCE * 100)}% intervals ({NUM_RESAMPLES} resamples over questions); \"Δ long vs base\" is the "
+        "paired difference on the same questions.",
+        "",
+        "| Method | Long sub-EM [95% CI] | Short sub-EM [95% CI] | Δ long vs base [95% CI] | "
+        "Train time (s) | Learner peak RSS (MB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in METHODS:
+        if m not in results:
+            continue
+        r = results[m]
+        diff = r.get("long_diff_vs_base")
+        lines.append("| " + " | ".join([
+            f"{m} ({label(m, po)})",
+            _fmt_ci(r["long_sub_em"], *r["long_ci"]),
+            _fmt_ci(r["short_sub_em"], *r["short_ci"]),
+            "—" if m == "base" or diff is None else _fmt_ci(diff["mean"], diff["low"], diff["high"], signed=True),
+            "—" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}",
+            "—" if r["learner_peak_rss_mb"] is None else f"{r['learner_peak_rss_mb']:.0f}",
+        ]) + " |")
+    lines += ["", "![sub-EM per method with 95% bootstrap intervals](results.png)", "", "## Settings", ""]
+    lines += [f"- **{k}**: {v}" for k, v in st["items"].items()]
+    lines += ["", "## What held / what did not", "", report["paragraph"], ""]
+    lines += [f"- {c['claim']}: {c['verdict']}"
+              + ("" if c["diff"] is None else f" — Δ = {_fmt_ci(c['diff']['mean'], c['diff']['low'], c['diff']['high'], signed=True)}")
+              for c in report["claims"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_paragraph(report: dict[str, Any]) -> str:
+    results, cl = report["methods"], report["claims"]
+    n, steps = report["settings"]["eval_questions"], report["settings"]["steps"]
+    tested = [c for c in cl if c["diff"] is not None]
+    strictly = [c["claim"] for c in tested if c["diff"]["low"] > 0]
+    weak = [c["claim"] for c in tested if c["weak"] and c["held"] and c["diff"]["low"] <= 0]
+    reversed_ = [c["claim"] for c in tested if c["diff"]["high"] < 0]
+    unresolved = [c["claim"] for c in tested if not c["held"] and c["diff"]["high"] >= 0]
+    parts = []
+    main_tested = [c for c in tested if c["main"]]
+    if main_tested and all(c["held"] for c in main_tested):
+        parts.append("The papers' ordering on long contexts (SoLoPO > Long-PO >= base, LOGO > base) held for "
+                     "every comparison that was run, judged by the paired 95% intervals.")
+    elif main_tested:
+        parts.append("The papers' ordering on long contexts (SoLoPO > Long-PO >= base, LOGO > base) was NOT "
+                     "reproduced as a whole at this scale, judged by the paired 95% intervals.")
+    if strictly:
+        parts.append("Supported (interval of the difference above 0): " + "; ".join(strictly) + ".")
+    if weak:
+        parts.append("Consistent but not shown to be strictly better (interval contains 0): " + "; ".join(weak) + ".")
+    if unresolved:
+        parts.append("Not shown (the interval of the difference contains 0, so the data cannot tell): "
+                     + "; ".join(unresolved) + ".")
+    if reversed_:
+        parts.append("Contradicted (interval below 0): " + "; ".join(reversed_) + ".")
+    if "base" in results:
+        b = results["base"]
+        parts.append(f"The untrained model answers {b['short_sub_em']:.0%} of the held-out questions from the short "
+                     f"context but {b['long_sub_em']:.0%} from the long one, so the gap the methods target is "
+                     f"{b['short_sub_em'] - b['long_sub_em']:+.0%} here.")
+        short_drops = [m for m in TRAINED if m in results and results[m].get("short_diff_vs_base")
+                       and results[m]["short_diff_vs_base"]["high"] < 0]
+        if short_drops:
+            parts.append("Short-context accuracy dropped significantly for: " + ", ".join(short_drops) + ".")
+    parts.append(f"Caveats: {n} held-out questions give intervals roughly ±{1.96 * 0.5 / max(n, 1) ** 0.5:.2f} wide "
+                 f"at 50% accuracy; {steps} optimizer steps with LoRA on a 135M-parameter model are a tiny fraction "
+                 "of the papers' budgets (thousands of samples, 7-8B models), and the data is synthetic single-hop "
+                 "QA, so a null result here says little about the methods at scale.")
+    return " ".join(parts)
+
+
+def render_plot(report: dict[str, Any], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    po, results = report["po"], report["methods"]
+    methods = [m for m in METHODS if m in results]
+    fig = Figure(figsize=(max(5.0, 1.6 * len(methods) + 1.5), 4.0), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.38
+    for k, (ctx, color) in enumerate((("long", "#c0392b"), ("short", "#2980b9"))):
+        means = [results[m][f"{ctx}_sub_em"] for m in methods]
+        err = [[results[m][f"{ctx}_sub_em"] - results[m][f"{ctx}_ci"][0] for m in methods],
+               [results[m][f"{ctx}_ci"][1] - results[m][f"{ctx}_sub_em"] for m in methods]]
+        xs = [i + (k - 0.5) * width for i in range(len(methods))]
+        ax.bar(xs, means, width, yerr=err, capsize=4, color=color, alpha=0.85,
+               label=f"{ctx} context (~{report['settings'][f'{ctx}_prompt_tokens']:.0f} tokens)")
+        for x, v in zip(xs, means):
+            ax.text(x, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(methods)), [label(m, po) for m in methods])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("held-out sub-EM")
+    ax.set_title(f"{report['settings']['model']}: {report['settings']['eval_questions']} held-out questions, "
+                 f"{int(CONFIDENCE * 100)}% bootstrap CI", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def settings_items(cfg: LcrayConfig, args: argparse.Namespace, prompt_tokens: dict[str, float]) -> dict[str, str]:
+    d, lr, lo, a = cfg.data, cfg.learner, cfg.model.lora, cfg.algo
+    po = args.po
+    n_train = CI_TRAIN_RECORDS if args.preset == "ci" else d.num_synthetic_train
+    return {
+        "Model": (f"{cfg.model.name_or_path} ({cfg.model.dtype}), LoRA r={lo.r} alpha={lo.alpha} on "
+                  f"{'/'.join(lo.target_modules)}") if lo.r else f"{cfg.model.name_or_path} (full fine-tuning)",
+        "Equal budget (every trained method)": f"{cfg.trainer.max_steps} optimizer steps x {lr.train_batch_size} "
+                                                f"examples, lr {lr.learning_rate:g} ({lr.lr_scheduler_type}), "
+                                                f"ZeRO-{lr.zero_stage}, seed {cfg.trainer.seed}",
+        "Data": ("synthetic multi-document QA" + ("" if not d.train_path else f" (files {d.train_path}, {d.eval_path})"))
+                + f", {d.synthetic_hops}-hop; train: {n_train} "
+                  f"questions (seed {d.seed}, 'train' entity pool); held-out: {cfg.solopo.num_eval_prompts} "
+                  f"questions (seed {d.seed + 10_000}, disjoint 'test' entity pool)"
+                + ("; gold answer replaced by \"er\" (random tiny model)" if args.preset == "ci" else ""),
+        "Context lengths": f"short = the supporting document(s): {prompt_tokens['short']:.0f} prompt tokens on average "
+                           f"(cap {d.short_context_tokens}); long = the same plus distractors: "
+                           f"{prompt_tokens['long']:.0f} prompt tokens (target {d.long_context_tokens}); "
+                           f"mean rho {prompt_tokens['rho']:.2f}",
+        "Rollout (Long-PO, SoLoPO)": f"{cfg.solopo.prompts_per_iteration} short prompts x "
+                                     f"{cfg.rollout.n_samples_per_prompt} samples per iteration, T "
+                                     f"{cfg.rollout.temperature}, top-p {cfg.rollout.top_p}, <= "
+                                     f"{cfg.rollout.max_new_tokens} new tokens, sub-EM labels, "
+                                     f"{cfg.solopo.max_pairs_per_prompt} pair per prompt",
+        f"Long-{po_name(po)} / SoLo-{po_name(po)}":
+            f"{po_name(po)} with {', '.join(PO_SETTINGS[po])}; Long-PO: PO on the long context, alpha 0; "
+            f"SoLoPO: PO on the short context + SoLo-RA alpha {PAPER_ALPHA[po]:g} (paper), distance {a.solo_ra.distance}",
+        "LOGO": f"{', '.join(s for s in LOGO_SETTINGS if 'solo_ra' not in s)}; data: {d.chunk_tokens}-token chunks, "
+                f"{cfg.logo_data.num_relevant} relevant / {cfg.logo_data.num_partial} partial, "
+                f"{cfg.logo_data.context_chunks}-chunk training context over a {d.target_len}-position window, "
+                f"{cfg.scorer.importance} chunk importance",
+        "Eval": f"greedy, <= {cfg.solopo.eval_max_new_tokens} new tokens, sub-EM on the extracted answer; "
+                f"base = the untrained model (eval_before of the first run)",
+        "Statistics": f"percentile bootstrap over questions, {NUM_RESAMPLES} resamples, {int(CONFIDENCE * 100)}%, "
+                      f"seed {BOOT_SEED}; differences are paired (same questions resampled for both methods)",
+        "Runtime": f"{cfg.rollout.backend} rollout engine, DeepSpeed learner on CPU, embedded Ray; "
+                   f"train time = rollout + training steps without eval; memory = learner peak RSS",
+    }
+
+
+# ----------------------------------------------------------------------------- driver
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=("full", "ci"), default="full",
+                   help="full: SmolLM2-135M (~40 min on 2 cores); ci: the tiny random model, 2 steps")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--po", choices=PO_CHOICES, default="orpo", help="the PO of Long-PO and SoLoPO (default orpo)")
+    p.add_argument("--out", default="outputs/reproduce", help="run folders and results.json (default outputs/reproduce)")
+    p.add_argument("--docs", default=str(REPO / "docs"), help="where RESULTS.md and results.png go (default docs/)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="shared settings YAML (default recipes/reproduce.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="print the settings and the planned budget, then exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every method")
+    args = p.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown or not args.methods:
+        p.error(f"--methods: unknown {unknown} (choose from {','.join(METHODS)})")
+    args.methods = [m for m in METHODS if m in args.methods]
+    try:
+        args.base_overrides = (CI_OVERRIDES if args.preset == "ci" else []) + list(args.overrides)
+        load_config(args.config, args.base_overrides)  # fail before anything starts
+    except ConfigError as e:
+        p.error(str(e))
+    return args
+
+
+def print_plan(cfg: LcrayConfig, args: argparse.Namespace) -> None:
+    runs = [m for m in TRAINED if m in args.methods] or ["base-eval"]
+    print(f"\n=== reproduce: preset {args.preset}, PO {args.po}, methods {', '.join(args.methods)} ===")
+    print(f"model {cfg.model.name_or_path}, LoRA r={cfg.model.lora.r}, lr {cfg.learner.learning_rate:g}, "
+          f"{cfg.trainer.max_steps} steps x batch {cfg.learner.train_batch_size} per method; contexts "
+          f"~{cfg.data.short_context_tokens} (cap) / ~{cfg.data.long_context_tokens} tokens; "
+          f"{cfg.solopo.num_eval_prompts} held-out questions; trainer runs: {', '.join(runs)}")
+    if args.preset == "full":
+        plan = estimate_minutes(cfg, args.methods)
+        print("planned budget (2-core CPU estimate):")
+        for k, v in plan.items():
+            print(f"  {k:<40} {v:5.1f} min")
+        slow = estimate_minutes(cfg, args.methods, "slow")["total"]
+        print(f"  (slow end of the measured step times: {slow:.1f} min)")
+        if slow > 45:
+            print("  WARNING: may exceed a 45-minute budget; lower trainer.max_steps or solopo.num_eval_prompts")
+    else:
+        print(f"planned budget: ~{0.7 * len(runs):.1f} min on the tiny model")
+    print(f"outputs: {Path(args.out).resolve()}  docs: {Path(args.docs).resolve()}\n", flush=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    import ray
+
+    args = parse_args(argv)
+    out = Path(args.out).resolve()
+    shared = load_config(args.config, args.base_overrides)
+    print_plan(shared, args)
+    if args.dry_run:
+        return {}
+    out.mkdir(parents=True, exist_ok=True)
+    if args.preset == "ci":
+        args.base_overrides = args.base_overrides + write_ci_data(out)
+        shared = load_config(args.config, args.base_overrides)
+
+    from lcray.trainers.logo import LOGOTrainer
+    from lcray.trainers.solopo import SoLoPOTrainer
+
+    started_ray = not ray.is_initialized()
+    t_start = time.perf_counter()
+    runs = [m for m in TRAINED if m in args.methods]
+    summaries: dict[str, dict] = {}
+    results: dict[str, dict] = {}
+    golds = prompt_tokens = None
+    try:
+        # Only base asked for: an untrained run (0 steps) evaluates the model once.
+        plan = [(m, method_overrides(m, args.po)) for m in runs] or \
+               [("base-eval", method_overrides("long-po", args.po) + ["trainer.max_steps=0"])]
+        for i, (method, extra) in enumerate(plan):
+            eval_before = i == 0 and "base" in args.methods and method != "base-eval"
+            cfg = load_config(args.config, [*args.base_overrides, *extra,
+                                            *run_dir_overrides(out, method, eval_before=eval_before)])
+            trainer = (LOGOTrainer if method == "logo" else SoLoPOTrainer)(cfg)
+            if golds is None:
+                golds = [p.answers for p in trainer.eval_prompts]
+                n = max(len(trainer.eval_prompts), 1)
+                prompt_tokens = {"short": sum(len(p.short_ids) for p in trainer.eval_prompts) / n,
+                                 "long": sum(len(p.long_ids) for p in trainer.eval_prompts) / n,
+                                 "rho": sum(p.rho for p in trainer.eval_prompts) / n}
+            print(f"--- [{i + 1}/{len(plan)}] {method}: {out / method}", flush=True)
+            t0 = time.perf_counter()
+            summary = trainer.run()
+            summary["run_seconds"] = time.perf_counter() - t0
+            print(f"--- {method}: done in {summary['run_seconds'] / 60:.1f} min; long sub-EM "
+                  f"{summary['eval_after']['sub_em_long']:.3f}, short {summary['eval_after']['sub_em_short']:.3f}",
+                  flush=True)
+            if method == "base-eval":
+                summary = {**summary, "eval_before": summary["eval_after"],
+                           "predictions_before": summary["predictions_after"]}
+            if method == "base-eval" or eval_before:
+                before_scores = summary.get("scores_before") or {
+                    ctx: scores_from_predictions(summary["predictions_before"][ctx], golds) for ctx in ("short", "long")}
+                summaries["base"] = {"source": f"{method}.eval_before", "eval": summary["eval_before"],
+                                     "predictions": summary["predictions_before"], "scores": before_scores}
+                results["base"] = {"scores": before_scores, "train_seconds": None, "learner_peak_rss_mb": None,
+                                   "steps": 0}
+            if method != "base-eval":
+                summaries[method] = summary
+                results[method] = {"scores": summary["scores_after"], "train_seconds": summary["train_seconds"],
+                                   "learner_peak_rss_mb": summary["learner_peak_rss_mb"], "steps": summary["steps"],
+                                   "run_seconds": summary["run_seconds"]}
+            # Partial results survive a later crash.
+            atomic_write_text(out / "results.json", json.dumps({"partial": True, "summaries": summaries}, indent=2))
+    finally:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()
+
+    base = results.get("base", {}).get("scores")
+    for m, r in results.items():
+        r.update(method_stats(r["scores"], None if m == "base" or base is None else base))
+    report = {
+        "preset": args.preset, "po": args.po, "methods_requested": args.methods,
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "wall_minutes": (time.perf_counter() - t_start) / 60,
+        "methods": {m: results[m] for m in METHODS if m in results},
+        "summaries": {m: summaries[m] for m in METHODS if m in summaries},
+        "config": to_dict(shared),  # each run's own config: <out>/<method>/config.yaml
+        "settings": {
+            "model": shared.model.name_or_path, "eval_questions": len(golds), "steps": shared.trainer.max_steps,
+            "short_prompt_tokens": prompt_tokens["short"], "long_prompt_tokens": prompt_tokens["long"],
+            "machine": f"{os.cpu_count()}-core {platform.machine()} CPU ({platform.system()})",
+            "items": settings_items(shared, args, prompt_tokens),
+        },
+        "bootstrap": {"num_resamples": NUM_RESAMPLES, "confidence": CONFIDENCE, "seed": BOOT_SEED},
+    }
+    report["claims"] = claims(report["methods"], args.po)
+    report["paragraph"] = write_paragraph(report)
+    atomic_write_text(out / "results.json", json.dumps(report, indent=2))
+    docs = Path(args.docs).resolve()
+    render_plot(report, docs / "results.png")
+    atomic_write_text(docs / "RESULTS.md", render_markdown(report))
+    print(f"\n{render_markdown(report)}")
+    print(f"results: {out / 'results.json'}   report: {docs / 'RESULTS.md'}   plot: {docs / 'results.png'}")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+    sys.exit(0)
