@@ -109,9 +109,11 @@ def write_ci_data(out: Path) -> list[str]:
 
     d = out / "data"
     train = [dataclasses.replace(r, answers=["er"])
-             for r in make_synthetic_records(CI_TRAIN_RECORDS, seed=0, num_distractors=6, entity_pool="train")]
+             for r in make_synthetic_records(CI_TRAIN_RECORDS, seed=0, num_support=1, num_distractors=6,
+                                            entity_pool="train")]
     evals = [dataclasses.replace(r, answers=["er"])
-             for r in make_synthetic_records(CI_EVAL_RECORDS, seed=1, num_distractors=6, entity_pool="test")]
+             for r in make_synthetic_records(CI_EVAL_RECORDS, seed=1, num_support=1, num_distractors=6,
+                                            entity_pool="test")]
     write_records(train, d / "train.jsonl")
     write_records(evals, d / "eval.jsonl")
     return [f"data.train_path={d / 'train.jsonl'}", f"data.eval_path={d / 'eval.jsonl'}"]
@@ -209,7 +211,7 @@ def po_name(po: str) -> str:
 
 def label(method: str, po: str) -> str:
     P = po_name(po)
-    return {"base": "base (untrained)", "long-po": f"Long-{P}", "solopo": f"SoLo-{P}", "logo": "LOGO"}[method]
+    return {"base": "untrained", "long-po": f"Long-{P}", "solopo": f"SoLo-{P}", "logo": "LOGO"}[method]
 
 
 def _fmt_ci(mean: float, lo: float, hi: float, signed: bool = False) -> str:
@@ -226,11 +228,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{st['machine']} ({report['finished']}; total wall time {report['wall_minutes']:.1f} min). "
         f"Held-out sub-EM (mean over {st['eval_questions']} questions) with percentile-bootstrap "
         f"{int(CONFIDENCE * 100)}% intervals ({NUM_RESAMPLES} resamples over questions); \"Δ long vs base\" is the "
-        "paired difference on the same questions.",
+        "paired difference on the same questions. Train time = the trainer's rollout + optimizer steps "
+        "(no eval, no start-up; LOGO's offline data build is shown apart); run wall time = the whole trainer run "
+        "(start-up, data, training, eval, saving).",
         "",
         "| Method | Long sub-EM [95% CI] | Short sub-EM [95% CI] | Δ long vs base [95% CI] | "
-        "Train time (s) | Learner peak RSS (MB) |",
-        "|---|---|---|---|---|---|",
+        "Train time (s) | Learner peak RSS (MB) | Run wall time (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m in METHODS:
         if m not in results:
@@ -242,8 +246,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             _fmt_ci(r["long_sub_em"], *r["long_ci"]),
             _fmt_ci(r["short_sub_em"], *r["short_ci"]),
             "—" if m == "base" or diff is None else _fmt_ci(diff["mean"], diff["low"], diff["high"], signed=True),
-            "—" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}",
+            "—" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}"
+            + (f" (+{r['data_build_seconds']:.1f} data build)" if r.get("data_build_seconds") is not None else ""),
             "—" if r["learner_peak_rss_mb"] is None else f"{r['learner_peak_rss_mb']:.0f}",
+            "—" if r.get("run_seconds") is None else f"{r['run_seconds']:.0f}",
         ]) + " |")
     lines += ["", "![sub-EM per method with 95% bootstrap intervals](results.png)", "", "## Settings", ""]
     lines += [f"- **{k}**: {v}" for k, v in st["items"].items()]
@@ -257,6 +263,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 def write_paragraph(report: dict[str, Any]) -> str:
     results, cl = report["methods"], report["claims"]
     n, steps = report["settings"]["eval_questions"], report["settings"]["steps"]
+    model = "the tiny random test model" if report["preset"] == "ci" else f"{report['settings']['model']} (135M parameters)"
     tested = [c for c in cl if c["diff"] is not None]
     strictly = [c["claim"] for c in tested if c["diff"]["low"] > 0]
     weak = [c["claim"] for c in tested if c["weak"] and c["held"] and c["diff"]["low"] <= 0]
@@ -289,7 +296,7 @@ def write_paragraph(report: dict[str, Any]) -> str:
         if short_drops:
             parts.append("Short-context accuracy dropped significantly for: " + ", ".join(short_drops) + ".")
     parts.append(f"Caveats: {n} held-out questions give intervals roughly ±{1.96 * 0.5 / max(n, 1) ** 0.5:.2f} wide "
-                 f"at 50% accuracy; {steps} optimizer steps with LoRA on a 135M-parameter model are a tiny fraction "
+                 f"at 50% accuracy; {steps} optimizer steps with LoRA on {model} are a tiny fraction "
                  "of the papers' budgets (thousands of samples, 7-8B models), and the data is synthetic single-hop "
                  "QA, so a null result here says little about the methods at scale.")
     return " ".join(parts)
@@ -367,6 +374,22 @@ def settings_items(cfg: LcrayConfig, args: argparse.Namespace, prompt_tokens: di
 
 
 # ----------------------------------------------------------------------------- driver
+def timed_logo_trainer() -> type:
+    """LOGOTrainer that also reports how long its offline data build (setup) took: the summary's
+    train_seconds covers only the optimizer steps, while SoLoPO's includes its online rollouts."""
+    from lcray.trainers.logo import LOGOTrainer
+
+    class TimedLOGOTrainer(LOGOTrainer):
+        data_build_seconds: Optional[float] = None
+
+        def setup(self, rt: Any) -> None:
+            t0 = time.perf_counter()
+            super().setup(rt)
+            self.data_build_seconds = time.perf_counter() - t0
+
+    return TimedLOGOTrainer
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=("full", "ci"), default="full",
@@ -427,8 +450,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         args.base_overrides = args.base_overrides + write_ci_data(out)
         shared = load_config(args.config, args.base_overrides)
 
-    from lcray.trainers.logo import LOGOTrainer
     from lcray.trainers.solopo import SoLoPOTrainer
+
+    LOGOTrainer = timed_logo_trainer()
 
     started_ray = not ray.is_initialized()
     t_start = time.perf_counter()
@@ -455,6 +479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             t0 = time.perf_counter()
             summary = trainer.run()
             summary["run_seconds"] = time.perf_counter() - t0
+            summary["data_build_seconds"] = getattr(trainer, "data_build_seconds", None)
             print(f"--- {method}: done in {summary['run_seconds'] / 60:.1f} min; long sub-EM "
                   f"{summary['eval_after']['sub_em_long']:.3f}, short {summary['eval_after']['sub_em_short']:.3f}",
                   flush=True)
@@ -472,7 +497,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 summaries[method] = summary
                 results[method] = {"scores": summary["scores_after"], "train_seconds": summary["train_seconds"],
                                    "learner_peak_rss_mb": summary["learner_peak_rss_mb"], "steps": summary["steps"],
-                                   "run_seconds": summary["run_seconds"]}
+                                   "run_seconds": summary["run_seconds"],
+                                   "data_build_seconds": summary["data_build_seconds"]}
             # Partial results survive a later crash.
             atomic_write_text(out / "results.json", json.dumps({"partial": True, "summaries": summaries}, indent=2))
     finally:

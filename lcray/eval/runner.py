@@ -157,7 +157,8 @@ class EvalReport:
         paths = {"json": out / "results.json", "markdown": out / "results.md", "predictions": out / "predictions.jsonl"}
         atomic_write_text(paths["json"], self.to_json() + "\n")
         atomic_write_text(paths["markdown"], self.to_markdown())
-        rows = [json.dumps({"task": c.task, "length": length_label(c.length), **e}) for c in self.cells for e in c.examples]
+        rows = [json.dumps({"task": c.task, "length": length_label(c.length), **e})
+                for c in self.cells for e in c.examples]
         atomic_write_text(paths["predictions"], "".join(r + "\n" for r in rows))
         return {k: str(v) for k, v in paths.items()}
 
@@ -203,6 +204,9 @@ def prepare_eval(tasks: Sequence[EvalTask], tokenizer: Any, *, context_lengths: 
             tokens.append(n_tok)
             log.info("eval: task %s length %s: %d prompts, %.0f context tokens on average", task.name,
                      length_label(length), len(contexts), mean(n_tok))
+            if length is not None and mean(n_tok) < 0.85 * length:  # results.json has the real count
+                log.warning("eval: task %s: asked for %d-token contexts, got %.0f on average (too few "
+                            "distractor documents in the task)", task.name, length, mean(n_tok))
     longest = max((max(count_tokens(tokenizer, p)) for p in prompts), default=0)
     return PreparedEval(keys=keys, prompts=prompts, context_tokens=tokens, max_prompt_tokens=longest)
 
@@ -220,7 +224,8 @@ def run_prepared(engine: Any, prepared: PreparedEval, *, model: str = "", max_ne
         metric = METRICS[task.metric]
         examples = []
         for r in task.records:
-            examples.append({"id": r.id, "prediction": preds[i], "answers": r.answers, "score": metric(preds[i], r.answers)})
+            examples.append({"id": r.id, "prediction": preds[i], "answers": r.answers,
+                             "score": metric(preds[i], r.answers)})
             i += 1
         cells.append(CellResult(task=task.name, length=length, metric=task.metric, n=len(examples),
                                 score=mean(e["score"] for e in examples), context_tokens=float(mean(n_tok)),
@@ -276,8 +281,8 @@ def evaluate_model(model_path: Optional[PathLike], tasks: Sequence[EvalTask], *,
     """Score `tasks` at each context length with greedy decoding.
 
     Starts one engine for `model_path` (released afterwards, see engine_session) unless
-    `engine` (anything with `.generate`) is given; the tokenizer (for context building and prompt rendering) is `tokenizer`, else the model
-    folder's, else the engine's `.tokenizer`."""
+    `engine` (anything with `.generate`) is given. The tokenizer (it builds the contexts and
+    renders the prompts) is `tokenizer`, else the model folder's, else the engine's."""
     from lcray.models import load_tokenizer
 
     if tokenizer is None:
@@ -305,7 +310,8 @@ def _task_arg(spec: str) -> tuple[str, str]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="tiny | smollm2 | a local HF model folder")
     p.add_argument("--task", action="append", default=[], metavar="FILE[:METRIC]",
-                   help=f"QA records (JSONL/JSON/Parquet); metric one of {', '.join(METRICS)} (default sub_em). Repeatable.")
+                   help=f"QA records (JSONL/JSON/Parquet); metric one of {', '.join(METRICS)} "
+                        "(default sub_em). Repeatable.")
     p.add_argument("--lengths", default="full", help="context lengths in tokens, e.g. 1000,2000,full (default: full)")
     p.add_argument("--synthetic", type=int, default=None, metavar="N",
                    help="add a synthetic multi-doc QA task of N records (test entity pool); default 20 when no --task")

@@ -86,7 +86,8 @@ def test_evaluate_model_scores_and_report(tiny_model_dir, tok, tmp_path):
     assert report.average == pytest.approx((0.75 + 5 / 6) / 2)
     d = json.loads(report.to_json())
     assert d["scores"]["b"]["400"] == pytest.approx(5 / 6)
-    assert d["average_by_length"] == {"full": pytest.approx((0.75 + 5 / 6) / 2), "400": pytest.approx((0.75 + 5 / 6) / 2)}
+    both = pytest.approx((0.75 + 5 / 6) / 2)
+    assert d["average_by_length"] == {"full": both, "400": both}
     files = report.save(tmp_path / "out")
     assert json.loads(open(files["json"]).read()) == d
     assert open(files["markdown"]).read() == report.to_markdown()

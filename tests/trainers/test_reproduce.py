@@ -43,10 +43,12 @@ def test_reproduce_ci_preset(tmp_path):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert re.fullmatch(INTERVAL, cells[1]) and re.fullmatch(INTERVAL, cells[2]), row  # long, short
         if method == "base":
-            assert cells[3:] == ["—", "—", "—"], row
+            assert cells[3:] == ["—", "—", "—", "—"], row
         else:
             assert re.fullmatch(INTERVAL, cells[3]), row  # paired difference vs base
-            assert float(cells[4]) > 0 and float(cells[5]) > 0, row  # train seconds, peak RSS MB
+            train, rss, wall = float(cells[4].split()[0]), float(cells[5]), float(cells[6])
+            assert train > 0 and rss > 0 and wall > train, row
+            assert ("data build" in cells[4]) == (method == "logo"), row
     assert "## What held / what did not" in md and "SoLo-ORPO > Long-ORPO on long contexts" in md
     assert "## Settings" in md and "results.png" in md
 
@@ -71,6 +73,7 @@ def test_reproduce_ci_preset(tmp_path):
             assert r["short_sub_em"] == pytest.approx(before["sub_em_short"])
         else:
             assert r["train_seconds"] > 0 and r["learner_peak_rss_mb"] > 0 and r["steps"] == 2
+            assert r["run_seconds"] > r["train_seconds"]
             d = r["long_diff_vs_base"]
             assert d["low"] <= d["mean"] <= d["high"]
             summary = data["summaries"][method]
