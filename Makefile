@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast doctor clean
+.PHONY: install demo test test-fast doctor reproduce clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ doctor: install
 
 demo: install
 	$(PY) recipes/solopo.py
+
+# The miniature reproduction of both papers (~40 min on 2 cores; writes docs/RESULTS.md).
+reproduce: install
+	$(PY) recipes/reproduce.py
 
 test: install
 	$(PY) -m pytest -q tests

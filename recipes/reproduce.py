@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Reproduce the papers' comparison at laptop scale: base vs Long-PO vs SoLoPO vs LOGO.
 
-    python recipes/reproduce.py                       # full preset: SmolLM2-135M, ~40 min on 2 CPU cores
+    python recipes/reproduce.py                       # full preset: SmolLM2-135M, ~38 min on 2 CPU cores
     python recipes/reproduce.py --dry-run             # print the settings and the planned budget only
     python recipes/reproduce.py --po dpo --methods base,long-po,solopo
     python recipes/reproduce.py --preset ci --out /tmp/r --docs /tmp/r   # tiny model, ~3 min
-    python recipes/reproduce.py learner.learning_rate=1e-4                # extra KEY=VALUE for every method
+    python recipes/reproduce.py learner.learning_rate=5e-5                # extra KEY=VALUE for every method
 
 Every method trains with the SAME budget (max_steps, train_batch_size, learning rate, LoRA,
 model, data; recipes/reproduce.yaml) and differs only in its loss:
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import os
 import platform
@@ -39,23 +38,21 @@ from _bootstrap import REPO, bootstrap
 bootstrap()
 
 from lcray.config import ConfigError, LcrayConfig, load_config, to_dict  # noqa: E402
-from lcray.eval.metrics import sub_em  # noqa: E402
-from lcray.eval.stats import bootstrap_ci, paired_difference_ci  # noqa: E402
-from lcray.utils.fs import atomic_write_bytes, atomic_write_text  # noqa: E402
+from lcray.eval.report import (BOOT_SEED, CONFIDENCE, METHODS, NUM_RESAMPLES, TRAINED, claims,  # noqa: E402
+                               method_stats, model_name, po_name, render_markdown, render_plot,
+                               scores_from_predictions, write_paragraph)
+from lcray.utils.fs import atomic_write_text  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).with_name("reproduce.yaml")
-METHODS = ("base", "long-po", "solopo", "logo")
-TRAINED = ("long-po", "solopo", "logo")  # run order; the first one also evaluates the base model
 PO_CHOICES = ("dpo", "simpo", "orpo")
 PAPER_ALPHA = {"dpo": 3.0, "simpo": 1.0, "orpo": 1.0}  # SoLoPO paper, Qwen2.5-7B-Instruct
 PO_SETTINGS = {  # each PO's own knobs (the same for Long-PO and SoLoPO)
     "dpo": ["algo.beta=0.1"],
     "simpo": ["algo.beta=2.5", "algo.simpo_gamma=0.5"],
-    "orpo": ["algo.beta=0.25"],  # ORPO's lambda
+    "orpo": ["algo.beta=0.25"],  # ORPO's lambda (the demo's value)
 }
 LOGO_SETTINGS = ["algo.loss_type=logo", "algo.beta=2.5", "algo.simpo_gamma=0.25", "algo.nll_coef=0.1",
                  "algo.logo.num_negatives=2", "algo.solo_ra.alpha=0"]  # paper: Mistral-7B beta/gamma, lambda 0.1, M 2
-NUM_RESAMPLES, CONFIDENCE, BOOT_SEED = 2000, 0.95, 0
 
 # The tiny CI preset: a random model, so the gold answer is the letter pair "er" (some samples
 # contain it, some don't: pairs form); 2 steps, 4 held-out questions. A random model (almost)
@@ -72,7 +69,7 @@ CI_OVERRIDES = [
     "solopo.prompts_per_iteration=8", "solopo.num_eval_prompts=4", "solopo.eval_max_new_tokens=8",
     "trainer.max_steps=2", "logging.progress_bar=false",
 ]
-CI_TRAIN_RECORDS, CI_EVAL_RECORDS = 16, 4
+CI_TRAIN_RECORDS, CI_EVAL_RECORDS, CI_SEEDS = 16, 4, (0, 1)
 
 # Budget model of the full preset, measured on the 2-core dev machine with SmolLM2-135M:
 # start-up of a run (Ray actors, vLLM, DeepSpeed) ~1.5 min; 24 questions short + long (~300 +
@@ -109,10 +106,10 @@ def write_ci_data(out: Path) -> list[str]:
 
     d = out / "data"
     train = [dataclasses.replace(r, answers=["er"])
-             for r in make_synthetic_records(CI_TRAIN_RECORDS, seed=0, num_support=1, num_distractors=6,
+             for r in make_synthetic_records(CI_TRAIN_RECORDS, seed=CI_SEEDS[0], num_support=1, num_distractors=6,
                                             entity_pool="train")]
     evals = [dataclasses.replace(r, answers=["er"])
-             for r in make_synthetic_records(CI_EVAL_RECORDS, seed=1, num_support=1, num_distractors=6,
+             for r in make_synthetic_records(CI_EVAL_RECORDS, seed=CI_SEEDS[1], num_support=1, num_distractors=6,
                                             entity_pool="test")]
     write_records(train, d / "train.jsonl")
     write_records(evals, d / "eval.jsonl")
@@ -143,210 +140,21 @@ def estimate_minutes(cfg: LcrayConfig, methods: Sequence[str], speed: str = "mid
     return plan
 
 
-# ----------------------------------------------------------------------------- statistics
-def _ci(mean_low_high: tuple[float, float, float]) -> dict[str, float]:
-    mean, low, high = mean_low_high
-    return {"mean": mean, "low": low, "high": high}
-
-
-def scores_from_predictions(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> list[float]:
-    return [sub_em(p, g) for p, g in zip(predictions, golds, strict=True)]
-
-
-def method_stats(scores: dict[str, list[float]], base: Optional[dict[str, list[float]]]) -> dict[str, Any]:
-    kw = dict(num_resamples=NUM_RESAMPLES, confidence=CONFIDENCE, seed=BOOT_SEED)
-    out: dict[str, Any] = {}
-    for ctx in ("long", "short"):
-        ci = bootstrap_ci(scores[ctx], **kw)
-        out[f"{ctx}_sub_em"], out[f"{ctx}_ci"] = ci[0], [ci[1], ci[2]]
-        if base is not None:
-            diff = paired_difference_ci(scores[ctx], base[ctx], **kw)
-            out[f"{ctx}_diff_vs_base"] = _ci(diff)
-    return out
-
-
-def paired(results: dict[str, dict], a: str, b: str, ctx: str = "long") -> Optional[dict[str, float]]:
-    if a not in results or b not in results:
-        return None
-    kw = dict(num_resamples=NUM_RESAMPLES, confidence=CONFIDENCE, seed=BOOT_SEED)
-    return _ci(paired_difference_ci(results[a]["scores"][ctx], results[b]["scores"][ctx], **kw))
-
-
-def judge(diff: Optional[dict[str, float]], *, weak: bool = False) -> str:
-    """Verdict of 'a > b' (or 'a >= b' when weak) from the paired 95% interval of a - b."""
-    if diff is None:
-        return "not tested (method not run)"
-    if diff["low"] > 0:
-        return "held (interval above 0)"
-    if diff["high"] < 0:
-        return "did not hold (reversed: interval below 0)"
-    if weak:
-        return "held in the weak sense (not worse: interval contains 0)"
-    return "not shown (interval contains 0)"
-
-
-def claims(results: dict[str, dict], po: str) -> list[dict[str, Any]]:
-    """The papers' long-context ordering (main=True) plus SoLoPO vs base, each judged on the paired
-    interval of the long-context difference."""
-    P = po_name(po)
-    specs = [
-        (f"SoLo-{P} > Long-{P} on long contexts", "solopo", "long-po", False, True),
-        (f"Long-{P} >= base on long contexts", "long-po", "base", True, True),
-        ("LOGO > base on long contexts", "logo", "base", False, True),
-        (f"SoLo-{P} > base on long contexts", "solopo", "base", False, False),
-    ]
-    out = []
-    for text, a, b, weak, main in specs:
-        diff = paired(results, a, b)
-        out.append({"claim": text, "a": a, "b": b, "weak": weak, "main": main, "diff": diff,
-                    "verdict": judge(diff, weak=weak),
-                    "held": None if diff is None else bool(diff["high"] >= 0 if weak else diff["low"] > 0)})
-    return out
-
-
-# ----------------------------------------------------------------------------- reporting
-def po_name(po: str) -> str:
-    return {"dpo": "DPO", "simpo": "SimPO", "orpo": "ORPO"}[po]
-
-
-def label(method: str, po: str) -> str:
-    P = po_name(po)
-    return {"base": "untrained", "long-po": f"Long-{P}", "solopo": f"SoLo-{P}", "logo": "LOGO"}[method]
-
-
-def _fmt_ci(mean: float, lo: float, hi: float, signed: bool = False) -> str:
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f"{f.format(mean)} [{f.format(lo)}, {f.format(hi)}]"
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    st, po, results = report["settings"], report["po"], report["methods"]
-    lines = [
-        "# Results: base vs Long-PO vs SoLoPO vs LOGO (laptop scale)",
-        "",
-        f"Generated by `python recipes/reproduce.py --preset {report['preset']} --po {po}` on "
-        f"{st['machine']} ({report['finished']}; total wall time {report['wall_minutes']:.1f} min). "
-        f"Held-out sub-EM (mean over {st['eval_questions']} questions) with percentile-bootstrap "
-        f"{int(CONFIDENCE * 100)}% intervals ({NUM_RESAMPLES} resamples over questions); \"Δ long vs base\" is the "
-        "paired difference on the same questions. Train time = the trainer's rollout + optimizer steps "
-        "(no eval, no start-up; LOGO's offline data build is shown apart); run wall time = the whole trainer run "
-        "(start-up, data, training, eval, saving).",
-        "",
-        "| Method | Long sub-EM [95% CI] | Short sub-EM [95% CI] | Δ long vs base [95% CI] | "
-        "Train time (s) | Learner peak RSS (MB) | Run wall time (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for m in METHODS:
-        if m not in results:
-            continue
-        r = results[m]
-        diff = r.get("long_diff_vs_base")
-        lines.append("| " + " | ".join([
-            f"{m} ({label(m, po)})",
-            _fmt_ci(r["long_sub_em"], *r["long_ci"]),
-            _fmt_ci(r["short_sub_em"], *r["short_ci"]),
-            "—" if m == "base" or diff is None else _fmt_ci(diff["mean"], diff["low"], diff["high"], signed=True),
-            "—" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}"
-            + (f" (+{r['data_build_seconds']:.1f} data build)" if r.get("data_build_seconds") is not None else ""),
-            "—" if r["learner_peak_rss_mb"] is None else f"{r['learner_peak_rss_mb']:.0f}",
-            "—" if r.get("run_seconds") is None else f"{r['run_seconds']:.0f}",
-        ]) + " |")
-    lines += ["", "![sub-EM per method with 95% bootstrap intervals](results.png)", "", "## Settings", ""]
-    lines += [f"- **{k}**: {v}" for k, v in st["items"].items()]
-    lines += ["", "## What held / what did not", "", report["paragraph"], ""]
-    lines += [f"- {c['claim']}: {c['verdict']}"
-              + ("" if c["diff"] is None else f" — Δ = {_fmt_ci(c['diff']['mean'], c['diff']['low'], c['diff']['high'], signed=True)}")
-              for c in report["claims"]]
-    return "\n".join(lines) + "\n"
-
-
-def write_paragraph(report: dict[str, Any]) -> str:
-    results, cl = report["methods"], report["claims"]
-    n, steps = report["settings"]["eval_questions"], report["settings"]["steps"]
-    model = "the tiny random test model" if report["preset"] == "ci" else f"{report['settings']['model']} (135M parameters)"
-    tested = [c for c in cl if c["diff"] is not None]
-    strictly = [c["claim"] for c in tested if c["diff"]["low"] > 0]
-    weak = [c["claim"] for c in tested if c["weak"] and c["held"] and c["diff"]["low"] <= 0]
-    reversed_ = [c["claim"] for c in tested if c["diff"]["high"] < 0]
-    unresolved = [c["claim"] for c in tested if not c["held"] and c["diff"]["high"] >= 0]
-    parts = []
-    main_tested = [c for c in tested if c["main"]]
-    if main_tested and all(c["held"] for c in main_tested):
-        parts.append("The papers' ordering on long contexts (SoLoPO > Long-PO >= base, LOGO > base) held for "
-                     "every comparison that was run, judged by the paired 95% intervals.")
-    elif main_tested:
-        parts.append("The papers' ordering on long contexts (SoLoPO > Long-PO >= base, LOGO > base) was NOT "
-                     "reproduced as a whole at this scale, judged by the paired 95% intervals.")
-    if strictly:
-        parts.append("Supported (interval of the difference above 0): " + "; ".join(strictly) + ".")
-    if weak:
-        parts.append("Consistent but not shown to be strictly better (interval contains 0): " + "; ".join(weak) + ".")
-    if unresolved:
-        parts.append("Not shown (the interval of the difference contains 0, so the data cannot tell): "
-                     + "; ".join(unresolved) + ".")
-    if reversed_:
-        parts.append("Contradicted (interval below 0): " + "; ".join(reversed_) + ".")
-    if "base" in results:
-        b = results["base"]
-        parts.append(f"The untrained model answers {b['short_sub_em']:.0%} of the held-out questions from the short "
-                     f"context but {b['long_sub_em']:.0%} from the long one, so the gap the methods target is "
-                     f"{b['short_sub_em'] - b['long_sub_em']:+.0%} here.")
-        short_drops = [m for m in TRAINED if m in results and results[m].get("short_diff_vs_base")
-                       and results[m]["short_diff_vs_base"]["high"] < 0]
-        if short_drops:
-            parts.append("Short-context accuracy dropped significantly for: " + ", ".join(short_drops) + ".")
-    parts.append(f"Caveats: {n} held-out questions give intervals roughly ±{1.96 * 0.5 / max(n, 1) ** 0.5:.2f} wide "
-                 f"at 50% accuracy; {steps} optimizer steps with LoRA on {model} are a tiny fraction "
-                 "of the papers' budgets (thousands of samples, 7-8B models), and the data is synthetic single-hop "
-                 "QA, so a null result here says little about the methods at scale.")
-    return " ".join(parts)
-
-
-def render_plot(report: dict[str, Any], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    po, results = report["po"], report["methods"]
-    methods = [m for m in METHODS if m in results]
-    fig = Figure(figsize=(max(5.0, 1.6 * len(methods) + 1.5), 4.0), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    width = 0.38
-    for k, (ctx, color) in enumerate((("long", "#c0392b"), ("short", "#2980b9"))):
-        means = [results[m][f"{ctx}_sub_em"] for m in methods]
-        err = [[results[m][f"{ctx}_sub_em"] - results[m][f"{ctx}_ci"][0] for m in methods],
-               [results[m][f"{ctx}_ci"][1] - results[m][f"{ctx}_sub_em"] for m in methods]]
-        xs = [i + (k - 0.5) * width for i in range(len(methods))]
-        ax.bar(xs, means, width, yerr=err, capsize=4, color=color, alpha=0.85,
-               label=f"{ctx} context (~{report['settings'][f'{ctx}_prompt_tokens']:.0f} tokens)")
-        for x, v in zip(xs, means):
-            ax.text(x, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(methods)), [label(m, po) for m in methods])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("held-out sub-EM")
-    ax.set_title(f"{report['settings']['model']}: {report['settings']['eval_questions']} held-out questions, "
-                 f"{int(CONFIDENCE * 100)}% bootstrap CI", fontsize=10)
-    ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def settings_items(cfg: LcrayConfig, args: argparse.Namespace, prompt_tokens: dict[str, float]) -> dict[str, str]:
     d, lr, lo, a = cfg.data, cfg.learner, cfg.model.lora, cfg.algo
     po = args.po
     n_train = CI_TRAIN_RECORDS if args.preset == "ci" else d.num_synthetic_train
+    seeds = CI_SEEDS if args.preset == "ci" else (d.seed, d.seed + 10_000)  # as load_qa_records draws them
     return {
-        "Model": (f"{cfg.model.name_or_path} ({cfg.model.dtype}), LoRA r={lo.r} alpha={lo.alpha} on "
-                  f"{'/'.join(lo.target_modules)}") if lo.r else f"{cfg.model.name_or_path} (full fine-tuning)",
+        "Model": (f"{model_name(cfg.model.name_or_path)} ({cfg.model.dtype}), LoRA r={lo.r} alpha={lo.alpha} on "
+                  f"{'/'.join(lo.target_modules)}") if lo.r else f"{model_name(cfg.model.name_or_path)} (full fine-tuning)",
         "Equal budget (every trained method)": f"{cfg.trainer.max_steps} optimizer steps x {lr.train_batch_size} "
                                                 f"examples, lr {lr.learning_rate:g} ({lr.lr_scheduler_type}), "
                                                 f"ZeRO-{lr.zero_stage}, seed {cfg.trainer.seed}",
         "Data": ("synthetic multi-document QA" + ("" if not d.train_path else f" (files {d.train_path}, {d.eval_path})"))
                 + f", {d.synthetic_hops}-hop; train: {n_train} "
-                  f"questions (seed {d.seed}, 'train' entity pool); held-out: {cfg.solopo.num_eval_prompts} "
-                  f"questions (seed {d.seed + 10_000}, disjoint 'test' entity pool)"
+                  f"questions (seed {seeds[0]}, 'train' entity pool); held-out: {cfg.solopo.num_eval_prompts} "
+                  f"questions (seed {seeds[1]}, disjoint 'test' entity pool)"
                 + ("; gold answer replaced by \"er\" (random tiny model)" if args.preset == "ci" else ""),
         "Context lengths": f"short = the supporting document(s): {prompt_tokens['short']:.0f} prompt tokens on average "
                            f"(cap {d.short_context_tokens}); long = the same plus distractors: "
@@ -393,7 +201,7 @@ def timed_logo_trainer() -> type:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=("full", "ci"), default="full",
-                   help="full: SmolLM2-135M (~40 min on 2 cores); ci: the tiny random model, 2 steps")
+                   help="full: SmolLM2-135M (~38 min on 2 cores); ci: the tiny random model, 2 steps")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--po", choices=PO_CHOICES, default="orpo", help="the PO of Long-PO and SoLoPO (default orpo)")
     p.add_argument("--out", default="outputs/reproduce", help="run folders and results.json (default outputs/reproduce)")
@@ -489,7 +297,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             if method == "base-eval" or eval_before:
                 before_scores = summary.get("scores_before") or {
                     ctx: scores_from_predictions(summary["predictions_before"][ctx], golds) for ctx in ("short", "long")}
-                summaries["base"] = {"source": f"{method}.eval_before", "eval": summary["eval_before"],
+                summaries["base"] = {"source": "base-eval (0 steps)" if method == "base-eval" else f"{method}.eval_before",
+                                     "eval": summary["eval_before"],
                                      "predictions": summary["predictions_before"], "scores": before_scores}
                 results["base"] = {"scores": before_scores, "train_seconds": None, "learner_peak_rss_mb": None,
                                    "steps": 0}

@@ -74,6 +74,7 @@ class ScorerConfig:
     f1_threshold: float = 0.5  # with reward=f1: a response counts as correct above this
     importance: Literal["bm25", "lexical", "embedding"] = "bm25"  # chunk importance for context compression
     reward_model_path: Optional[str] = None  # HF folder of the reward model (reward=reward_model)
+    reward_threshold: float = 0.0  # with reward=reward_model: a response counts as correct when its reward >= this
 
 
 @dataclass

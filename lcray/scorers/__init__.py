@@ -1,6 +1,7 @@
 """Scorers: answer rewards (SoLoPO labels) and chunk importance (LOGO chunk selection).
 
-Pure Python cores; lcray.actors.scorer wraps them in a Ray actor.
+Pure Python cores (the reward model imports torch / transformers only when built);
+lcray.actors.scorer wraps them in a Ray actor.
 """
 
 from lcray.scorers.answer import ANSWER_KINDS, AnswerScorer, extract_answer
@@ -13,10 +14,21 @@ from lcray.scorers.importance import (
     make_importance_scorer,
     select_chunks,
 )
+from lcray.scorers.reward_model import RewardModelScorer
 
 
-def make_answer_scorer(kind: str = "sub_em", **kw) -> AnswerScorer:
-    """Build an AnswerScorer by kind ("sub_em", "em", "f1"); kw e.g. f1_threshold."""
+def make_answer_scorer(kind: str = "sub_em", **kw) -> AnswerScorer | RewardModelScorer:
+    """Build an answer scorer by kind.
+
+    "sub_em", "em", "f1": an AnswerScorer, score(responses, golds); kw e.g. f1_threshold.
+    "reward_model": a RewardModelScorer, score(prompts, responses); kw reward_model_path
+    (required), threshold, batch_size, max_length.
+    """
+    if kind == "reward_model":
+        path = kw.pop("reward_model_path", None)
+        if not path:
+            raise ValueError("answer scorer 'reward_model' needs reward_model_path (a local HF folder)")
+        return RewardModelScorer(path, **kw)
     return AnswerScorer(kind, **kw)
 
 
@@ -28,6 +40,7 @@ __all__ = [
     "IMPORTANCE_KINDS",
     "ImportanceScorer",
     "LexicalOverlapScorer",
+    "RewardModelScorer",
     "extract_answer",
     "make_answer_scorer",
     "make_importance_scorer",

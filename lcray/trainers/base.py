@@ -102,6 +102,7 @@ class PreferenceTrainer:
             else:
                 before = self.evaluate(rt) if cfg.trainer.eval_before else {}
             predictions_before = getattr(self, "last_predictions", {})
+            scores_before = getattr(self, "last_scores", {})
             if resumed is None and before:
                 log.log(0, before, prefix="eval")
                 log.write(f"eval before training: {_fmt(before)}")
@@ -131,7 +132,8 @@ class PreferenceTrainer:
             summary = {
                 "workload": self.name, "steps": step, **self.counters, "eval_before": before, "eval_after": after,
                 "predictions_before": predictions_before, "predictions_after": getattr(self, "last_predictions", {}),
-                "scores_after": getattr(self, "last_scores", {}), "train_seconds": train_seconds,
+                "scores_before": scores_before, "scores_after": getattr(self, "last_scores", {}),
+                "train_seconds": train_seconds,
                 "learner_peak_rss_mb": peak_rss,
                 "mean_rho": sum(p.rho for p in self.eval_prompts) / max(len(self.eval_prompts), 1),
                 "tensorboard": str(Path(cfg.logging.logdir).resolve()), "final_model": str(final_dir.resolve()),

@@ -89,7 +89,8 @@ class Runtime:
             if with_scorers:
                 s = cfg.scorer
                 scorers = ScorerPool.create(s.num_scorers, answer_kind=s.reward, f1_threshold=s.f1_threshold,
-                                            importance_kind=s.importance, **placement.actor_options("scorer", 0))
+                                            importance_kind=s.importance, reward_model_path=s.reward_model_path,
+                                            reward_threshold=s.reward_threshold, **placement.actor_options("scorer", 0))
         except BaseException:
             placement.remove()
             raise

@@ -70,7 +70,10 @@ class SoLoPOTrainer(PreferenceTrainer):
         gen_time = time.perf_counter() - start
         k = r.n_samples_per_prompt
         texts = [c.text for res in results for c in res.completions]
-        labels = rt.scorers.label(texts, [p.answers for p in batch for _ in range(k)])
+        # A reward model reads the question too; the answer metrics only need the gold answers.
+        prompts = ([self.tokenizer.decode(p.short_ids) for p in batch for _ in range(k)]
+                   if self.cfg.scorer.reward == "reward_model" else None)
+        labels = rt.scorers.label(texts, [p.answers for p in batch for _ in range(k)], prompts=prompts)
         rng = random.Random(self.cfg.trainer.seed * 1_000_003 + self.iteration)
         pairs, with_pair = [], 0
         for j, (prompt, res) in enumerate(zip(batch, results)):

@@ -68,25 +68,12 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_solopo_recipe_runs_as_a_ray_job(ray_head, tiny_model_dir, tmp_path):
-    address, env = ray_head
-    # Tiny random model: gold "er" (a common letter pair) so samples disagree and pairs form.
-    recs = [dataclasses.replace(r, answers=["er"]) for r in make_synthetic_records(12, seed=0, num_distractors=6)]
-    write_records(recs, tmp_path / "train.jsonl")
-    write_records(recs[:2], tmp_path / "eval.jsonl")
-    out = tmp_path / "out"
-    overrides = [
-        f"model.name_or_path={tiny_model_dir}", f"data.train_path={tmp_path}/train.jsonl", f"data.eval_path={tmp_path}/eval.jsonl",
-        "data.short_context_tokens=200", "data.long_context_tokens=500", "rollout.max_new_tokens=16", "rollout.temperature=1.0",
-        "rollout.max_model_len=1024", "learner.learning_rate=0.001", "learner.train_batch_size=2", "learner.cpus_per_learner=1",
-        "placement.cpus_per_engine=1", "algo.loss_type=simpo", "solopo.prompts_per_iteration=8", "solopo.num_eval_prompts=2",
-        "solopo.eval_max_new_tokens=4", "trainer.max_steps=2", "logging.progress_bar=false",
-        f"trainer.output_dir={out}", f"ckpt.path={out}/ckpt", f"logging.logdir={out}/tb",
-    ]
+def submit_and_wait(address: str, env: dict, script: str, overrides: list[str]) -> str:
+    """`ray job submit --working-dir .` the recipe, wait for SUCCEEDED, return the job's logs."""
     runtime_env = {"excludes": [".venv", ".git", "outputs", ".cache", "*.egg-info"],
                    "env_vars": {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", ""), "HF_HUB_OFFLINE": "1"}}
     sub = ray_cli("job", "submit", "--address", address, "--no-wait", "--working-dir", ".",
-                  "--runtime-env-json", json.dumps(runtime_env), "--", "python", "recipes/solopo.py", *overrides, env=env)
+                  "--runtime-env-json", json.dumps(runtime_env), "--", "python", script, *overrides, env=env)
     assert sub.returncode == 0, sub.stdout + sub.stderr
     job_id = next(w for w in (sub.stdout + sub.stderr).split() if w.startswith("raysubmit_")).strip("'\".,")
     deadline, status = time.monotonic() + 900, ""
@@ -98,8 +85,45 @@ def test_solopo_recipe_runs_as_a_ray_job(ray_head, tiny_model_dir, tmp_path):
     logs = ray_cli("job", "logs", job_id, "--address", address, env=env).stdout
     print(logs[-3000:])
     assert "SUCCEEDED" in status, status + logs[-5000:]
+    return logs
+
+
+def outputs(out: Path) -> list[str]:
+    return [f"trainer.output_dir={out}", f"ckpt.path={out}/ckpt", f"logging.logdir={out}/tb", "logging.progress_bar=false"]
+
+
+def test_solopo_recipe_runs_as_a_ray_job(ray_head, tiny_model_dir, tmp_path):
+    address, env = ray_head
+    # Tiny random model: gold "er" (a common letter pair) so samples disagree and pairs form, and
+    # a common stop string so samples end on their own (see tests/trainers/test_solopo_e2e.py).
+    recs = [dataclasses.replace(r, answers=["er"]) for r in make_synthetic_records(12, seed=0, num_distractors=6)]
+    write_records(recs, tmp_path / "train.jsonl")
+    write_records(recs[:2], tmp_path / "eval.jsonl")
+    out = tmp_path / "out"
+    logs = submit_and_wait(address, env, "recipes/solopo.py", [
+        f"model.name_or_path={tiny_model_dir}", f"data.train_path={tmp_path}/train.jsonl", f"data.eval_path={tmp_path}/eval.jsonl",
+        "data.short_context_tokens=200", "data.long_context_tokens=500", "rollout.max_new_tokens=16", "rollout.temperature=1.0",
+        'rollout.stop=[" 2"]', "rollout.max_model_len=1024", "learner.learning_rate=0.001", "learner.train_batch_size=2",
+        "learner.cpus_per_learner=1", "placement.cpus_per_engine=1", "algo.loss_type=simpo", "solopo.prompts_per_iteration=8",
+        "solopo.num_eval_prompts=2", "solopo.eval_max_new_tokens=4", "trainer.max_steps=2", *outputs(out),
+    ])
     assert "=== SoLoPO summary ===" in logs
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2
     assert (out / "final_model" / "config.json").is_file()
     assert (out / "ckpt" / "latest").is_file()
+
+
+def test_logo_recipe_runs_as_a_ray_job(ray_head, tiny_model_dir, tmp_path):
+    address, env = ray_head
+    out = tmp_path / "logo"
+    logs = submit_and_wait(address, env, "recipes/logo.py", [
+        f"model.name_or_path={tiny_model_dir}", "data.num_synthetic_train=4", "data.num_synthetic_eval=2",
+        "data.chunk_tokens=64", "data.target_len=8192", "data.long_context_tokens=400", "logo_data.num_relevant=2",
+        "logo_data.num_partial=1", "logo_data.context_chunks=6", "logo_data.max_new_tokens=16", f"logo_data.output_dir={out}/data",
+        "rollout.max_model_len=2048", "learner.train_batch_size=2", "solopo.num_eval_prompts=2", "solopo.eval_max_new_tokens=4",
+        "trainer.max_steps=2", *outputs(out),
+    ])
+    assert "=== LOGO summary ===" in logs
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+    assert (out / "data" / "manifest.json").is_file()

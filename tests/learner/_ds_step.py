@@ -40,6 +40,12 @@ def main() -> None:
     metrics = [learner.train_step(batch) for _ in range(args.steps)]
     exported = learner.export_state_dict()
     source_ok = None
+    # The exported weights are plain HF tensors (LoRA merged), named like the base model's.
+    from lcray.models import load_causal_lm
+
+    base = load_causal_lm(args.model).state_dict()
+    names_match = set(exported) == set(base)
+    changed = sorted(k for k in base if k in exported and not bool((exported[k] == base[k]).all()))
     if args.check_weight_source:
         # The NCCL sync's parameter source must describe and yield exactly the exported weights.
         from lcray.actors.weight_sync import ZeroWeightSource
@@ -52,7 +58,8 @@ def main() -> None:
                      and all(bool((pairs[n] == exported[n]).all()) for n in pairs)
                      and sum(len(g) for g in source.groups()) == len(meta))
     # DeepSpeed also prints to stdout: tag the result line.
-    print("RESULT " + json.dumps({"metrics": metrics, "num_exported": len(exported), "source_ok": source_ok}), flush=True)
+    print("RESULT " + json.dumps({"metrics": metrics, "num_exported": len(exported), "source_ok": source_ok,
+                                     "names_match": names_match, "changed": changed}), flush=True)
     destroy_process_group()
 
 

@@ -48,3 +48,17 @@ def test_zero3_dpo_with_reference_and_solo_ra(tiny_model_dir):
     second = out["metrics"][1]
     assert second["rewards/margin"] > 0  # the update moved the policy away from the reference
     assert second["solo_ra"] > 0
+
+
+def test_lora_dpo_reference_is_the_adapter_free_model(tiny_model_dir):
+    """LoRA: the DPO reference is the same network with adapters disabled (no second copy);
+    exports merge the adapters into plain HF tensors. Also runs with gradient checkpointing."""
+    out = run_steps(tiny_model_dir, "learner.zero_stage=2", "algo.loss_type=dpo", "algo.beta=0.1",
+                    "model.lora.r=4", "model.gradient_checkpointing=true", "learner.learning_rate=0.01",
+                    "learner.train_batch_size=2", steps=2)
+    first, second = out["metrics"]
+    assert first["po_loss"] == pytest.approx(math.log(2), abs=1e-5)  # LoRA B starts at 0: policy == reference
+    assert second["rewards/margin"] > 0
+    assert out["names_match"]
+    changed = out["changed"]
+    assert changed and all(any(m in k for m in ("q_proj", "k_proj", "v_proj", "o_proj")) for k in changed), changed

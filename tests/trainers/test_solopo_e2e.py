@@ -2,7 +2,9 @@
 
 The tiny model is random, so real questions would never be answered right and no pair would
 form; the gold answer is the common letter pair "er" instead, which some samples contain and
-some don't — enough contrast to exercise sampling -> labels -> pairs -> training -> sync.
+some don't — enough contrast to exercise sampling -> labels -> pairs -> training -> sync. It
+never emits EOS either, so a common stop string (" 2") ends samples: a chosen answer must have
+ended on its own.
 """
 import dataclasses
 import json
@@ -40,7 +42,7 @@ def tiny_cfg(model_dir, qa_files, out, *overrides):
     return load_config(None, [
         f"model.name_or_path={model_dir}", f"data.train_path={qa_files}/train.jsonl", f"data.eval_path={qa_files}/eval.jsonl",
         "data.short_context_tokens=200", "data.long_context_tokens=600", "rollout.max_new_tokens=16",
-        "rollout.temperature=1.0", "rollout.max_model_len=1024", "learner.learning_rate=0.001",
+        "rollout.temperature=1.0", "rollout.max_model_len=1024", 'rollout.stop=[" 2"]', "learner.learning_rate=0.001",
         "learner.train_batch_size=2", "solopo.prompts_per_iteration=8", "solopo.num_eval_prompts=4",
         "solopo.eval_max_new_tokens=8", "logging.progress_bar=false", f"trainer.output_dir={out}",
         f"ckpt.path={out}/ckpt", f"logging.logdir={out}/tb", "algo.loss_type=simpo", "algo.solo_ra.alpha=1.0",
