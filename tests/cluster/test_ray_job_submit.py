@@ -40,14 +40,19 @@ def ray_cli(*args, env, timeout=120) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def ray_head():
-    gcs, dash = free_port(), free_port()
+    import ray
+
+    if ray.is_initialized():  # an in-process Ray from earlier tests would hold the agent ports
+        ray.shutdown()
+    gcs, dash, agent, metrics = free_port(), free_port(), free_port(), free_port()
     # Short temp dir: Ray's unix sockets live there and pytest's tmp_path is too long for them.
     temp_dir = tempfile.mkdtemp(prefix="lcray-ray-", dir="/tmp")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4", "--disable-usage-stats",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}", "--num-cpus=4", "--disable-usage-stats",
          f"--temp-dir={temp_dir}"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
@@ -72,19 +77,26 @@ def submit_and_wait(address: str, env: dict, script: str, overrides: list[str]) 
     """`ray job submit --working-dir .` the recipe, wait for SUCCEEDED, return the job's logs."""
     runtime_env = {"excludes": [".venv", ".git", "outputs", ".cache", "*.egg-info"],
                    "env_vars": {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", ""), "HF_HUB_OFFLINE": "1"}}
-    sub = ray_cli("job", "submit", "--address", address, "--no-wait", "--working-dir", ".",
-                  "--runtime-env-json", json.dumps(runtime_env), "--", "python", script, *overrides, env=env)
+    for _ in range(30):  # the head answers `job list` a little before its job agent is ready
+        sub = ray_cli("job", "submit", "--address", address, "--no-wait", "--working-dir", ".",
+                      "--runtime-env-json", json.dumps(runtime_env), "--", "python", script, *overrides, env=env)
+        if sub.returncode == 0 or "No available agent" not in sub.stderr:
+            break
+        time.sleep(2)
     assert sub.returncode == 0, sub.stdout + sub.stderr
     job_id = next(w for w in (sub.stdout + sub.stderr).split() if w.startswith("raysubmit_")).strip("'\".,")
-    deadline, status = time.monotonic() + 900, ""
+    deadline, status = time.monotonic() + 600, ""
     while time.monotonic() < deadline:
-        status = ray_cli("job", "status", job_id, "--address", address, env=env).stdout
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+        st = ray_cli("job", "status", job_id, "--address", address, env=env)
+        # The CLI prints e.g. "Job 'raysubmit_..' succeeded" (lower case) or "... status: RUNNING".
+        status = (st.stdout + st.stderr).lower()
+        if any(s in status for s in ("succeeded", "failed", "stopped")):
             break
         time.sleep(5)
-    logs = ray_cli("job", "logs", job_id, "--address", address, env=env).stdout
+    got = ray_cli("job", "logs", job_id, "--address", address, env=env)
+    logs = got.stdout + got.stderr
     print(logs[-3000:])
-    assert "SUCCEEDED" in status, status + logs[-5000:]
+    assert "succeeded" in status, status + logs[-5000:]
     return logs
 
 
