@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -84,7 +85,7 @@ def submit_and_wait(address: str, env: dict, script: str, overrides: list[str]) 
             break
         time.sleep(2)
     assert sub.returncode == 0, sub.stdout + sub.stderr
-    job_id = next(w for w in (sub.stdout + sub.stderr).split() if w.startswith("raysubmit_")).strip("'\".,")
+    job_id = re.search(r"raysubmit_[A-Za-z0-9]+", sub.stdout + sub.stderr).group(0)  # output may hold ANSI codes
     deadline, status = time.monotonic() + 600, ""
     while time.monotonic() < deadline:
         st = ray_cli("job", "status", job_id, "--address", address, env=env)

@@ -41,9 +41,10 @@ def main() -> None:
     exported = learner.export_state_dict()
     source_ok = None
     # The exported weights are plain HF tensors (LoRA merged), named like the base model's.
-    from lcray.models import load_causal_lm
+    # Read the base weights from the file: under ZeRO-3 a model loaded now would be partitioned.
+    from safetensors.torch import load_file
 
-    base = load_causal_lm(args.model).state_dict()
+    base = load_file(f"{args.model}/model.safetensors")
     names_match = set(exported) == set(base)
     changed = sorted(k for k in base if k in exported and not bool((exported[k] == base[k]).all()))
     if args.check_weight_source:
