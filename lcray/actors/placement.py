@@ -88,7 +88,8 @@ def _fmt(res: dict[str, float]) -> dict[str, float]:
     return {k: (int(v) if float(v).is_integer() else round(v, 4)) for k, v in res.items()}
 
 
-def _sum(bundles: list[dict[str, float]]) -> dict[str, float]:
+def sum_resources(bundles: list[dict[str, float]]) -> dict[str, float]:
+    """Add up resource dicts (bundles, or nodes for a cluster total)."""
     out: dict[str, float] = {}
     for b in bundles:
         for k, v in b.items():
@@ -124,7 +125,7 @@ def check_feasible(plans: dict[str, RolePlan], total: dict[str, float], nodes: l
     forever) into a message naming the role and the missing resources.
     """
     for label, plan in _pools(plans).values():
-        bundles, need = plan.bundles, _sum(plan.bundles)
+        bundles, need = plan.bundles, sum_resources(plan.bundles)
         if any(total.get(k, 0.0) + 1e-9 < v for k, v in need.items()):
             missing = [k for k in need if k not in total]
             hint = f" (no node declares {', '.join(map(repr, missing))})" if missing else ""
@@ -146,7 +147,7 @@ def check_feasible(plans: dict[str, RolePlan], total: dict[str, float], nodes: l
             raise PlacementError(f"placement: {label} expects {plan.num_nodes} nodes but only {used} node(s) "
                                  f"can hold a bundle of {_fmt(bundles[0])}")
     scorers = [_bundle(p.num_cpus, p.num_gpus) for p in plans.values() if p.pool is None for _ in range(p.num_actors)]
-    need = _sum([b for _, p in _pools(plans).values() for b in p.bundles] + scorers)
+    need = sum_resources([b for _, p in _pools(plans).values() for b in p.bundles] + scorers)
     if any(total.get(k, 0.0) + 1e-9 < v for k, v in need.items()):
         raise PlacementError(f"placement: {' + '.join(plans)} together need {_fmt(need)} but the cluster has "
                              f"{_fmt({k: total.get(k, 0.0) for k in need})}")
@@ -230,7 +231,7 @@ def create_placement_groups(plans: dict[str, RolePlan], timeout_s: float = 60.0)
                 free = ray.available_resources()
                 raise PlacementError(
                     f"placement: {label} ({_describe(plan.bundles)}, {plan.strategy}) was not ready after "
-                    f"{timeout_s:g}s; free now: {_fmt({k: free.get(k, 0.0) for k in _sum(plan.bundles)})} "
+                    f"{timeout_s:g}s; free now: {_fmt({k: free.get(k, 0.0) for k in sum_resources(plan.bundles)})} "
                     f"(other actors or placement groups hold the rest)") from None
     except BaseException:
         for pg in groups.values():  # never leak a pending group: Ray would keep retrying it forever

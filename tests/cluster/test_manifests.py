@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from lcray.actors.placement import PlacementError, check_feasible, plan_placement
+from lcray.actors.placement import PlacementError, check_feasible, plan_placement, sum_resources
 from lcray.config import LcrayConfig, load_config
 
 try:
@@ -178,14 +178,6 @@ def ray_nodes(spec: dict) -> list[dict[str, float]]:
         node = {k: v for k, v in node.items() if v > 0}
         nodes += [node] * int(group.get("replicas", 1))
     return nodes
-
-
-def _total(nodes: list[dict[str, float]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for n in nodes:
-        for k, v in n.items():
-            out[k] = out.get(k, 0.0) + v
-    return out
 
 
 # ============================================================================= tests
@@ -354,14 +346,14 @@ def test_worker_resources_cover_the_recipe_node_resources(label, case):
 def test_recipe_placement_fits_the_manifest_nodes(label, case):
     spec, config = case
     nodes = ray_nodes(spec)
-    check_feasible(plan_placement(load_config(config)), _total(nodes), nodes)  # raises PlacementError if not
+    check_feasible(plan_placement(load_config(config)), sum_resources(nodes), nodes)  # raises PlacementError if not
 
 
 def test_feasibility_check_catches_a_node_without_the_pool():
     (spec,) = [s for label, s in CLUSTER_SPECS if "rayjob-solopo" in label]
     nodes = [{k: v for k, v in n.items() if k != "rollout_pool"} for n in ray_nodes(spec)]
     with pytest.raises(PlacementError, match="no node declares 'rollout_pool'"):
-        check_feasible(plan_placement(load_config(REPO / "recipes/qwen2.5-7b-solopo.yaml")), _total(nodes), nodes)
+        check_feasible(plan_placement(load_config(REPO / "recipes/qwen2.5-7b-solopo.yaml")), sum_resources(nodes), nodes)
 
 
 _INPUTS = ("model.name_or_path", "model.tokenizer_path", "data.train_path", "data.eval_path",
