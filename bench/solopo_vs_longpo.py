@@ -10,6 +10,9 @@ the frozen reference's forwards in both cases), --batch pairs in ONE micro-batch
   solopo: prompt_ids = x_short (rho x long tokens), long_prompt_ids = x_long,
      algo.solo_ra.alpha=1 -> PO on x_short (chosen + rejected in one padded forward) plus ONE
      extra forward of the chosen answer on x_long (SoLo-RA).
+  solopo-staged: the same as solopo with algo.solo_ra.staged_backward=true: the x_long term is
+     backwarded in its own pass (short and long activations never alive together), at the cost
+     of one no-grad forward of the chosen answer on x_short.
   longpo: the same pairs with prompt_ids = x_long, no long_prompt_ids, alpha=0 -> PO on the long
      context: chosen AND rejected both forwarded on x_long.
 x_long = distractor tokens + x_short (so the short context is a part of the long one); ids are
@@ -33,7 +36,7 @@ import argparse
 
 import _harness as h
 
-CASES = ("solopo", "longpo")
+CASES = ("solopo", "solopo-staged", "longpo")
 
 
 def lengths(args: argparse.Namespace) -> tuple[int, int]:
@@ -47,6 +50,8 @@ def sequences(case: str, args: argparse.Namespace) -> list[int]:
     r, b = args.response_tokens, args.batch
     if case == "solopo":
         return [short + r] * (2 * b) + [long + r] * b
+    if case == "solopo-staged":  # + the no-grad forward of y_w on x_short
+        return [short + r] * (3 * b) + [long + r] * b
     return [long + r] * (2 * b)
 
 
@@ -63,7 +68,7 @@ def pairs(case: str, args: argparse.Namespace, vocab: int) -> list:
         short = ids(short_len)
         long = ids(long_len - short_len) + short
         chosen, rejected = ids(args.response_tokens), ids(args.response_tokens)
-        if case == "solopo":
+        if case.startswith("solopo"):
             out.append(PreferenceExample(prompt_ids=short, chosen_ids=chosen, rejected_ids=[rejected],
                                          long_prompt_ids=long, id=str(i)))
         else:
@@ -75,14 +80,16 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     def batch(learner):
         seqs = sequences(case, args)
         short, long = lengths(args)
-        extra = dict(prompt=short if case == "solopo" else long, seqs=len(seqs), tokens=sum(seqs),
+        extra = dict(prompt=long if case == "longpo" else short, seqs=len(seqs), tokens=sum(seqs),
                      attn=sum(n * n for n in seqs) / 1e6)
         return pairs(case, args, len(learner.tokenizer)), extra
 
-    alpha = 1 if case == "solopo" else 0
+    alpha = 0 if case == "longpo" else 1
+    staged = case == "solopo-staged"
     return h.measure_case(args, [f"learner.train_batch_size={args.batch}",
                                  f"learner.micro_train_batch_size={args.batch}",
-                                 f"algo.loss_type={args.loss_type}", f"algo.solo_ra.alpha={alpha}"], batch)
+                                 f"algo.loss_type={args.loss_type}", f"algo.solo_ra.alpha={alpha}",
+                                 f"algo.solo_ra.staged_backward={str(staged).lower()}"], batch)
 
 
 def main() -> None:
@@ -97,17 +104,18 @@ def main() -> None:
     rows = h.dispatch(__file__, args, CASES, run_case)
     if rows is None:
         return
-    s, lp = rows
+    s, staged, lp = rows
     short, long = lengths(args)
     print(f"model: {args.model}  loss: {args.loss_type}  ZeRO-2, 1 CPU rank, {args.threads} threads, "
           f"median of {args.steps} steps after 1 warm-up")
     print(f"x_long {long} tokens, x_short {short} tokens (rho {short / long:.3f}), responses "
           f"{args.response_tokens} tokens, {args.batch} pairs per step")
-    h.print_table(rows, ("SoLoPO", "Long-PO"), [("PO prompt", 11, "prompt", "d"), ("seqs", 6, "seqs", "d"),
+    h.print_table(rows, ("SoLoPO", "SoLoPO staged", "Long-PO"), [("PO prompt", 11, "prompt", "d"), ("seqs", 6, "seqs", "d"),
                                                 ("tokens", 8, "tokens", "d"), ("sum L^2 (M)", 13, "attn", ".1f")])
     print(f"(policy forwards per step; RSS before first step: SoLoPO {s['rss_before']:.0f} MiB, "
-          f"Long-PO {lp['rss_before']:.0f} MiB)")
+          f"staged {staged['rss_before']:.0f} MiB, Long-PO {lp['rss_before']:.0f} MiB)")
     h.print_ratios(s, lp, "SoLoPO/Long-PO", 0.5)
+    h.print_ratios(staged, lp, "staged/Long-PO", 0.5)
     rho = short / long
     print(f"expected from shapes: tokens {s['tokens'] / lp['tokens']:.3f}x, sum L^2 {s['attn'] / lp['attn']:.3f}x "
           f"(ALGORITHMS.md (2 rho^2 + 1) / 2 = {(2 * rho * rho + 1) / 2:.3f}x)")

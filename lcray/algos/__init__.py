@@ -1,7 +1,7 @@
 """Preference-loss library: DPO, SimPO, ORPO, LOGO and SoLo-RA (see ALGORITHMS.md)."""
 
 from lcray.algos.logo import logo_loss
-from lcray.algos.objective import LOSS_TYPES, SeqLogps, preference_objective
+from lcray.algos.objective import LOSS_TYPES, SeqLogps, preference_objective, solo_ra_objective
 from lcray.algos.preference import dpo_loss, log_odds, orpo_loss, reward, simpo_loss
 from lcray.algos.solo_ra import solo_ra_loss
 
@@ -16,4 +16,5 @@ __all__ = [
     "reward",
     "simpo_loss",
     "solo_ra_loss",
+    "solo_ra_objective",
 ]

@@ -105,6 +105,30 @@ def _reward(loss_type: str, s: SeqLogps, ref: SeqLogps | None, beta: float) -> T
                   avg_logp=s.avg, beta=beta)
 
 
+def solo_ra_objective(
+    *,
+    loss_type: str,
+    beta: float,
+    alpha: float,
+    distance: str = "abs",
+    chosen: SeqLogps,
+    chosen_long: SeqLogps,
+    ref_chosen: SeqLogps | None = None,
+    ref_chosen_long: SeqLogps | None = None,
+) -> Tensor:
+    """mean_b alpha * s(r(x_short, y_w) - r(x_long, y_w)): the SoLo-RA part of the objective alone.
+
+    The staged backward (solo_ra.staged_backward) takes this pass first with `chosen` detached, so
+    its gradient flows only through x_long; preference_objective with `chosen_long` detached then
+    gives the rest. The two gradients sum to preference_objective's joint one.
+    """
+    if loss_type == "dpo" and (ref_chosen is None or ref_chosen_long is None):
+        raise ValueError("SoLo-RA with dpo needs ref_chosen and ref_chosen_long")
+    r_short = _reward(loss_type, chosen, ref_chosen, beta)
+    r_long = _reward(loss_type, chosen_long, ref_chosen_long, beta)
+    return solo_ra_loss(r_short, r_long, alpha=alpha, distance=distance).mean()
+
+
 def preference_objective(
     *,
     loss_type: str,

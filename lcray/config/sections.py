@@ -105,6 +105,10 @@ class LogoConfig:
 class SoloRAConfig:
     alpha: float = 0.0  # SoLoPO reward-alignment weight; 0 = off
     distance: Literal["abs", "squared"] = "abs"  # distance between short- and long-context rewards
+    # Backward the x_long term in its own pass, so short- and long-context activations are never
+    # alive together (lower peak memory; costs one no-grad forward of y_w on x_short and one more
+    # gradient reduction per micro-batch). Same gradient as the joint backward. No-op if alpha == 0.
+    staged_backward: bool = False
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from lcray.algos.objective import SeqLogps, preference_objective
+from lcray.algos.objective import SeqLogps, preference_objective, solo_ra_objective
 from lcray.config import LcrayConfig
 from lcray.data.schema import PreferenceExample
 from lcray.learner.ds_config import build_ds_config, grad_accum_steps
@@ -36,7 +36,10 @@ class PolicyLearner:
         torch.manual_seed(cfg.learner.seed)
         self.model_path = resolve_model_path(cfg.model.name_or_path)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer_path or self.model_path)
-        self.ds_config = build_ds_config(cfg.learner, self.world_size)
+        solo_ra = cfg.algo.solo_ra
+        # Backward passes per micro-batch: 2 when the x_long term is backwarded on its own.
+        self.passes = 2 if solo_ra.staged_backward and solo_ra.alpha > 0 else 1
+        self.ds_config = build_ds_config(cfg.learner, self.world_size, backward_passes=self.passes)
         self.grad_accum = grad_accum_steps(cfg.learner, self.world_size)
         self.total_steps = total_steps or cfg.trainer.max_steps
 
@@ -132,16 +135,24 @@ class PolicyLearner:
         long = self._logps(model, [e.sequence(e.chosen_ids, long=True) for e in examples]) if with_long else None
         return chosen, rejected, long
 
-    def micro_batch_loss(self, examples: list[PreferenceExample]) -> tuple[torch.Tensor, dict[str, float], int]:
+    def micro_batch_loss(self, examples: list[PreferenceExample],
+                         long: tuple[SeqLogps, SeqLogps | None] | None = None) -> tuple[torch.Tensor, dict[str, float], int]:
+        """(loss, metrics, tokens forwarded) of one micro-batch.
+
+        `long`: the chosen answers' (policy, reference) log-probs on x_long, computed by the staged
+        backward's first pass and detached, so this loss's gradient flows through x_short only.
+        """
         algo = self.cfg.algo
         if len({e.num_negatives for e in examples}) != 1:
             raise ValueError("all examples of a micro-batch need the same number of rejected responses")
-        with_long = algo.solo_ra.alpha > 0
+        with_long = algo.solo_ra.alpha > 0 and long is None
         chosen, rejected, chosen_long = self._forward(self.engine, examples, with_long)
         ref = (None, None, None)
         if algo.loss_type == "dpo":
             with self._reference() as ref_model:
                 ref = self._forward(ref_model, examples, with_long)
+        if long is not None:
+            chosen_long, ref = long[0], (ref[0], ref[1], long[1])
         uses_gamma = algo.loss_type in ("simpo", "logo")
         loss, metrics = preference_objective(
             loss_type=algo.loss_type,
@@ -159,8 +170,50 @@ class PolicyLearner:
             ref_chosen_long=ref[2],
         )
         tokens = sum(len(e.prompt_ids) + len(e.chosen_ids) + sum(len(r) for r in e.rejected_ids) for e in examples)
-        tokens += sum(len(e.long_prompt_ids) + len(e.chosen_ids) for e in examples) if with_long else 0
+        tokens += self._long_tokens(examples) if with_long else 0
         return loss, metrics, tokens
+
+    @staticmethod
+    def _long_tokens(examples: list[PreferenceExample]) -> int:
+        return sum(len(e.long_prompt_ids) + len(e.chosen_ids) for e in examples)
+
+    def _long_pass(self, examples: list[PreferenceExample]) -> tuple[torch.Tensor, tuple[SeqLogps, SeqLogps | None], int]:
+        """Staged backward, first pass: the SoLo-RA term with r(x_short, y_w) as a constant.
+
+        Needs r(x_short, y_w)'s value before the short pass runs, hence one no-grad forward of y_w
+        on x_short (the cheap side). Returns (loss, detached (policy, reference) log-probs of y_w
+        on x_long for the second pass, tokens forwarded).
+        """
+        algo = self.cfg.algo
+        short = [e.sequence(e.chosen_ids) for e in examples]
+        long = [e.sequence(e.chosen_ids, long=True) for e in examples]
+        ref_short = ref_long = None
+        if algo.loss_type == "dpo":
+            with self._reference() as ref_model:
+                ref_short, ref_long = self._logps(ref_model, short), self._logps(ref_model, long)
+        with torch.no_grad():
+            chosen = self._logps(self.engine, short)
+        chosen_long = self._logps(self.engine, long)
+        loss = solo_ra_objective(loss_type=algo.loss_type, beta=algo.beta, alpha=algo.solo_ra.alpha,
+                                 distance=algo.solo_ra.distance, chosen=chosen, chosen_long=chosen_long,
+                                 ref_chosen=ref_short, ref_chosen_long=ref_long)
+        detached = SeqLogps(chosen_long.logp.detach(), chosen_long.n_tokens)
+        tokens = self._long_tokens(examples) + sum(len(e.prompt_ids) + len(e.chosen_ids) for e in examples)
+        return loss, (detached, ref_long), tokens
+
+    def _backward_passes(self, examples: list[PreferenceExample]) -> Iterator[tuple[torch.Tensor, dict[str, float], int]]:
+        """(loss, metrics, tokens) per backward pass of one micro-batch; metrics on the last one.
+
+        One pass normally. Staged (self.passes == 2): the x_long term first, then the rest; the
+        caller runs each backward before the next pass is computed, so the long forward's
+        activations are freed before the short forward starts.
+        """
+        if self.passes == 1:
+            yield self.micro_batch_loss(examples)
+            return
+        loss, long, long_tokens = self._long_pass(examples)
+        yield loss, {}, long_tokens
+        yield self.micro_batch_loss(examples, long=long)
 
     # ------------------------------------------------------------------ training
     def train_step(self, examples: list[PreferenceExample]) -> dict[str, float]:
@@ -180,13 +233,14 @@ class PolicyLearner:
         sums: dict[str, float] = {}
         tokens = 0
         for i in range(0, expected, mb):
-            self._begin_micro_batch()
-            loss, metrics, n = self.micro_batch_loss(examples[i:i + mb])
-            self.engine.backward(loss)
-            self.engine.step()
-            tokens += n
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
+            for loss, metrics, n in self._backward_passes(examples[i:i + mb]):
+                self._begin_micro_batch()
+                # DeepSpeed divides by its accumulation steps, which count every pass.
+                self.engine.backward(loss * self.passes)
+                self.engine.step()
+                tokens += n
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
         elapsed = time.perf_counter() - start
         self.global_step += 1
         out = {k: v / self.grad_accum for k, v in sums.items()}

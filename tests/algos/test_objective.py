@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lcray.algos import LOSS_TYPES, SeqLogps, logo_loss, preference_objective, simpo_loss
+from lcray.algos import LOSS_TYPES, SeqLogps, logo_loss, preference_objective, simpo_loss, solo_ra_objective
 
 
 def seq(logp, n, grad=False):
@@ -167,3 +167,40 @@ def test_seqlogps_avg_clamps_empty_responses():
     assert s.avg.tolist() == [-2.0, 0.0] and s.nll.tolist() == [2.0, -0.0]
     with pytest.raises(ValueError, match="shape"):
         seq([-1.0, -2.0], [1])
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("distance", ["abs", "squared"])
+def test_staged_solo_ra_passes_sum_to_the_joint_gradient(loss_type, distance):
+    """solo_ra.staged_backward: the x_long pass (short reward detached) plus the rest (long
+    log-probs detached) give every input the joint objective's gradient, and the second pass's
+    loss value is the joint one."""
+    kw = dict(loss_type=loss_type, beta=0.5, simpo_gamma=0.3 if loss_type in ("simpo", "logo") else 0.0,
+              solo_ra_alpha=2.0, solo_ra_distance=distance)
+    joint_in = batch()
+    joint, _ = preference_objective(**kw, **joint_in)
+    joint.backward()
+    inputs = ("chosen", "rejected", "chosen_long")
+    joint_grads = [joint_in[k].logp.grad.clone() for k in inputs]
+
+    staged_in = batch()
+    refs = dict(ref_chosen=staged_in["ref_chosen"], ref_chosen_long=staged_in["ref_chosen_long"])
+    detach = lambda s: SeqLogps(s.logp.detach(), s.n_tokens)  # noqa: E731
+    long_pass = solo_ra_objective(loss_type=loss_type, beta=0.5, alpha=2.0, distance=distance,
+                                  chosen=detach(staged_in["chosen"]), chosen_long=staged_in["chosen_long"], **refs)
+    long_pass.backward()
+    assert staged_in["chosen"].logp.grad is None and staged_in["rejected"].logp.grad is None
+    rest, _ = preference_objective(**kw, **{**staged_in, "chosen_long": detach(staged_in["chosen_long"])})
+    rest.backward()
+
+    assert rest.item() == pytest.approx(joint.item(), rel=1e-12)
+    assert joint_grads[2].abs().sum() > 0  # the SoLo-RA term does push on x_long
+    for name, g_joint in zip(inputs, joint_grads):
+        torch.testing.assert_close(staged_in[name].logp.grad, g_joint, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_staged_solo_ra_dpo_needs_both_references():
+    b = batch()
+    with pytest.raises(ValueError, match="ref_chosen and ref_chosen_long"):
+        solo_ra_objective(loss_type="dpo", beta=0.1, alpha=1.0, chosen=b["chosen"], chosen_long=b["chosen_long"],
+                          ref_chosen=b["ref_chosen"])
