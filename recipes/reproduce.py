@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Reproduce the papers' comparison at laptop scale: base vs Long-PO vs SoLoPO vs LOGO.
 
-    python recipes/reproduce.py                       # full preset: SmolLM2-135M, ~38 min on 2 CPU cores
+    python recipes/reproduce.py                       # full preset: SmolLM2-135M, ~40 min on 2 CPU cores
     python recipes/reproduce.py --dry-run             # print the settings and the planned budget only
     python recipes/reproduce.py --po dpo --methods base,long-po,solopo
     python recipes/reproduce.py --preset ci --out /tmp/r --docs /tmp/r   # tiny model, ~3 min
@@ -72,13 +72,15 @@ CI_OVERRIDES = [
 CI_TRAIN_RECORDS, CI_EVAL_RECORDS, CI_SEEDS = 16, 4, (0, 1)
 
 # Budget model of the full preset, measured on the 2-core dev machine with SmolLM2-135M:
-# start-up of a run (Ray actors, vLLM, DeepSpeed) ~1.5 min; 24 questions short + long (~300 +
+# start-up of a run (Ray actors, vLLM, DeepSpeed) ~0.5 min once Ray is up; 24 questions short + long (~300 +
 # ~1.2K tokens) ~1 min of greedy eval; one SoLoPO step (4 pairs, 300/1.2K contexts) 50-90 s, of
 # which ~30 s rollout. The learner part is scaled by the tokens it processes per pair.
-STARTUP_MIN = 1.5
+STARTUP_MIN = 0.5
 EVAL_MIN_PER_Q_TOKEN = 1.0 / (24 * 1500)  # minutes per question per (short + long) prompt token
 LEARNER_REF_TOKENS = 2 * 300 + 1200  # tokens per SoLoPO pair at 300/1.2K (chosen + rejected short, chosen long)
-STEP_SPLIT_S = {"mid": (30.0, 40.0), "slow": (40.0, 50.0)}  # (rollout, learner) seconds: a 70 s / 90 s step
+# (rollout, learner) s per step at LEARNER_REF_TOKENS; fitted to a full-preset run (2026-11-22:
+# Long-PO 106 s, SoLoPO 61 s, LOGO 65 s per step); "slow" is the earlier, slower estimate.
+STEP_SPLIT_S = {"mid": (25.0, 35.0), "slow": (30.0, 40.0)}
 LOGO_BUILD_S_PER_RECORD = 3.5  # 3 sampled answers from ~1K-token contexts per training record
 
 
@@ -201,7 +203,7 @@ def timed_logo_trainer() -> type:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=("full", "ci"), default="full",
-                   help="full: SmolLM2-135M (~38 min on 2 cores); ci: the tiny random model, 2 steps")
+                   help="full: SmolLM2-135M (~40 min on 2 cores); ci: the tiny random model, 2 steps")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--po", choices=PO_CHOICES, default="orpo", help="the PO of Long-PO and SoLoPO (default orpo)")
     p.add_argument("--out", default="outputs/reproduce", help="run folders and results.json (default outputs/reproduce)")
