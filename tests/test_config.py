@@ -15,6 +15,7 @@ from lcray.config import (
     parse_cli,
     save_config,
     to_dict,
+    validate,
 )
 
 
@@ -27,7 +28,7 @@ def write(tmp_path, text: str, name: str = "cfg.yaml"):
 # ----------------------------------------------------------------------------- defaults
 def test_defaults_validate_and_match_spec():
     cfg = load_config()
-    cfg.validate()
+    validate(cfg)
     assert cfg == LcrayConfig()
     assert cfg.model.name_or_path == "tiny" and cfg.model.lora.r == 0
     assert cfg.model.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -231,7 +232,7 @@ def test_direct_validate_on_mutated_config():
     cfg = LcrayConfig()
     cfg.learner.zero_stage = 4
     with pytest.raises(ConfigError, match=r"learner\.zero_stage"):
-        cfg.validate()
+        validate(cfg)
 
 
 # ----------------------------------------------------------------------------- save / load

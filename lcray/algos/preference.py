@@ -2,10 +2,12 @@
 
 Every loss returns the PER-SAMPLE loss (no reduction); the inputs are element-wise, so any
 broadcastable shapes work (the objective dispatcher relies on that for M negatives).
-Conventions follow /work/shared/ALGORITHMS.md ("Preference objectives") and TRL.
+Conventions follow docs/algorithms.md ("Rewards", "Losses") and TRL.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +15,6 @@ from torch import Tensor
 
 # avg_logp == 0 means probability 1, where log(1 - p) = -inf; nudge it just below 0.
 _LOG_ODDS_MAX = -1e-6
-
-REWARD_KINDS = ("dpo", "simpo", "orpo", "logo")
 
 
 def smoothed_sigmoid_loss(h: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -79,6 +79,38 @@ def orpo_loss(avg_logp_w: Tensor, avg_logp_l: Tensor, nll_w: Tensor, *, lam: flo
     return nll_w - lam * F.logsigmoid(log_odds(avg_logp_w) - log_odds(avg_logp_l))
 
 
+# Every reward formula takes the same keywords (logp, ref_logp, avg_logp, beta) and ignores the
+# ones it does not read, so callers dispatch without knowing which inputs a kind reads.
+RewardFn = Callable[..., Tensor]
+
+
+def dpo_reward(*, logp: Tensor, ref_logp: Tensor, beta: float, **_: object) -> Tensor:
+    """beta * (logp - ref_logp): DPO's implicit reward, on SUMMED log-probs."""
+    return beta * (logp - ref_logp)
+
+
+def simpo_reward(*, avg_logp: Tensor, beta: float, **_: object) -> Tensor:
+    """beta * avg_logp: SimPO's length-normalized reward (LOGO's too: its loss is SimPO's)."""
+    return beta * avg_logp
+
+
+def orpo_reward(*, avg_logp: Tensor, **_: object) -> Tensor:
+    """log_odds(avg_logp); no beta: ORPO's beta weighs its odds-ratio term, it is no reward scale."""
+    return log_odds(avg_logp)
+
+
+# reward kind (= loss name) -> (inputs that must not be None, formula). lcray.algos.registry
+# builds on this module, so it cannot be imported here; tests/algos/test_registry.py checks
+# that every LossSpec scores with its kind's formula.
+REWARDS: dict[str, tuple[tuple[str, ...], RewardFn]] = {
+    "dpo": (("logp", "ref_logp"), dpo_reward),
+    "simpo": (("avg_logp",), simpo_reward),
+    "orpo": (("avg_logp",), orpo_reward),
+    "logo": (("avg_logp",), simpo_reward),
+}
+REWARD_KINDS = tuple(REWARDS)
+
+
 def reward(
     kind: str,
     *,
@@ -92,13 +124,11 @@ def reward(
     dpo: beta * (logp - ref_logp);  simpo / logo: beta * avg_logp;  orpo: log_odds(avg_logp)
     (beta ignored: ORPO's beta is the weight lambda of the odds-ratio term, not a reward scale).
     """
-    if kind not in REWARD_KINDS:
+    if kind not in REWARDS:
         raise ValueError(f"unknown reward kind {kind!r}; expected one of {REWARD_KINDS}")
-    if kind == "dpo":
-        missing = [n for n, v in (("logp", logp), ("ref_logp", ref_logp)) if v is None]
-        if missing:
-            raise ValueError(f"dpo reward needs {' and '.join(missing)}")
-        return beta * (logp - ref_logp)
-    if avg_logp is None:
-        raise ValueError(f"{kind} reward needs avg_logp")
-    return log_odds(avg_logp) if kind == "orpo" else beta * avg_logp
+    needs, formula = REWARDS[kind]
+    inputs = {"logp": logp, "ref_logp": ref_logp, "avg_logp": avg_logp}
+    missing = [n for n in needs if inputs[n] is None]
+    if missing:
+        raise ValueError(f"{kind} reward needs {' and '.join(missing)}")
+    return formula(**inputs, beta=beta)

@@ -16,7 +16,7 @@ from typing import Any, Literal, Sequence, Union
 import yaml
 
 from lcray.config.sections import LcrayConfig
-from lcray.config.validation import ConfigError
+from lcray.config.validation import ConfigError, validate
 from lcray.utils.fs import atomic_write_text
 
 # ----------------------------------------------------------------------------- building
@@ -47,7 +47,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         if any(type(value) is type(c) and value == c for c in args):
             return value
-        raise ConfigError(f"{key}: must be one of {', '.join(map(str, args))}, got {value!r}", key=key)
+        raise ConfigError(f"{key}: must be one of {', '.join(map(str, args))}, got {value!r}"
+                          f"{_did_you_mean(value, args)}", key=key)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -73,10 +74,14 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {text}", key=key)
 
 
+def _did_you_mean(word: Any, choices: Sequence[Any], prefix: str = "") -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
 def _unknown_key(cls: type, name: Any, prefix: str) -> ConfigError:
     dot = f"{prefix}." if prefix else ""
-    close = difflib.get_close_matches(str(name), [f.name for f in dataclasses.fields(cls)], n=1)
-    hint = f" (did you mean '{dot}{close[0]}'?)" if close else ""
+    hint = _did_you_mean(name, [f.name for f in dataclasses.fields(cls)], dot)
     return ConfigError(f"unknown key '{dot}{name}'{hint}", key=f"{dot}{name}")
 
 
@@ -150,7 +155,7 @@ def parse_override(text: str, cls: type = LcrayConfig) -> tuple[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,
                 cls: type = LcrayConfig) -> Any:
-    """Defaults <- YAML file at `path` <- dotted `overrides` (in order), then validate()."""
+    """Defaults <- YAML file at `path` <- dotted `overrides` (in order), then validate() (LcrayConfig)."""
     merged: dict = to_dict(cls())
     sources: dict[str, str] = {}  # dotted key -> where its value came from (for validation errors)
 
@@ -181,7 +186,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
         apply(value, f"override {text!r}")
     cfg = config_from_dict(cls, merged)
     try:
-        getattr(cfg, "validate", lambda: None)()
+        if isinstance(cfg, LcrayConfig):  # range and cross-field rules exist for LcrayConfig only
+            validate(cfg)
     except ConfigError as e:
         source = sources.get(e.key or "")
         raise (ConfigError(f"{source}: {e}", key=e.key) if source else e) from None

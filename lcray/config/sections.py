@@ -4,6 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from lcray.algos.registry import LOSSES
+from lcray.scorers.answer import ANSWER_SCORERS
+from lcray.scorers.importance import IMPORTANCE_SCORERS
+
+# Choices that have a registry are built from it, so a new loss or scorer is accepted here with no
+# second list to update. The loader checks Literal values (and suggests the close match).
+LossType = Literal[tuple(LOSSES)]
+AnswerScorerKind = Literal[tuple(ANSWER_SCORERS)]
+ImportanceScorerKind = Literal[tuple(IMPORTANCE_SCORERS)]
+
+
 @dataclass
 class LoraConfig:
     r: int = 0  # LoRA rank; 0 turns LoRA off (full fine-tuning)
@@ -70,9 +81,9 @@ class RolloutConfig:
 @dataclass
 class ScorerConfig:
     num_scorers: int = 1  # number of scorer actors
-    reward: Literal["sub_em", "em", "f1", "reward_model"] = "sub_em"  # how a response is scored
+    reward: AnswerScorerKind = "sub_em"  # how a response is scored
     f1_threshold: float = 0.5  # with reward=f1: a response counts as correct above this
-    importance: Literal["bm25", "lexical", "embedding"] = "bm25"  # chunk importance for context compression
+    importance: ImportanceScorerKind = "bm25"  # chunk importance for context compression
     reward_model_path: Optional[str] = None  # HF folder of the reward model (reward=reward_model)
     reward_threshold: float = 0.0  # with reward=reward_model: a response counts as correct when its reward >= this
 
@@ -113,7 +124,7 @@ class SoloRAConfig:
 
 @dataclass
 class AlgoConfig:
-    loss_type: Literal["dpo", "simpo", "orpo", "logo"] = "simpo"  # preference loss
+    loss_type: LossType = "simpo"  # preference loss, a name in lcray.algos.registry.LOSSES
     beta: float = 2.5  # reward scale (DPO/SimPO beta, ORPO lambda)
     simpo_gamma: float = 0.5  # SimPO target reward margin
     label_smoothing: float = 0.0  # conservative DPO/SimPO smoothing, in [0, 0.5)
@@ -200,10 +211,3 @@ class LcrayConfig:
     placement: PlacementConfig = field(default_factory=PlacementConfig)  # where each role's actors run (Ray placement groups)
     logo_data: LogoDataConfig = field(default_factory=LogoDataConfig)  # LOGO offline preference-data builder
     solopo: SoLoPOConfig = field(default_factory=SoLoPOConfig)  # SoLoPO online/offline loop
-
-    def validate(self) -> None:
-        from lcray.config.validation import validate  # validation imports this module
-
-        validate(self)
-
-

@@ -69,7 +69,11 @@ def _get(cfg: Any, key: str) -> Any:
 
 
 def validate(cfg: LcrayConfig) -> None:
-    """Check value ranges and cross-field rules; raises ConfigError naming the dotted key."""
+    """Check value ranges and cross-field rules; raises ConfigError naming the dotted key.
+
+    A function here, not a LcrayConfig method: this module imports the sections, so a method
+    would make the two modules import each other. load_config calls it.
+    """
     for key, (ok, rule) in _CHECKS.items():
         value = _get(cfg, key)
         if value is not None and not ok(value):

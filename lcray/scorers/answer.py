@@ -1,7 +1,8 @@
-"""Answer rewards for SoLoPO labelling (ALGORITHMS.md, "SoLoPO data construction" step 4).
+"""Answer rewards for SoLoPO labelling (docs/algorithms.md, "SoLoPO data construction" step 4).
 
 Thin layer over lcray.eval.metrics, so a training label and an evaluation score use the
-same normalization.
+same normalization. ANSWER_SCORERS / make_answer_scorer also build the reward-model scorer
+(reward_model.py): every scorer.reward choice is one entry there.
 
 Chain-of-thought: the SoLoPO prompt asks the policy to reason and then write
 "Answer: <answer>". If a response contains "Answer:" (any case), only the text after
@@ -11,10 +12,12 @@ without the marker are scored whole.
 """
 from __future__ import annotations
 
+import functools
 import re
-from typing import Sequence
+from typing import Callable, Sequence, Union
 
 from lcray.eval.metrics import exact_match, qa_f1, sub_em
+from lcray.scorers.reward_model import RewardModelScorer
 
 _METRICS = {"sub_em": sub_em, "em": exact_match, "f1": qa_f1}
 ANSWER_KINDS = tuple(_METRICS)
@@ -50,3 +53,29 @@ class AnswerScorer:
     def is_correct(self, responses: Sequence[str], golds: Sequence[Sequence[str]]) -> list[bool]:
         threshold = self.f1_threshold if self.kind == "f1" else 1.0
         return [s >= threshold for s in self.score(responses, golds)]
+
+
+def _reward_model_scorer(reward_model_path: str | None = None, **kw) -> RewardModelScorer:
+    if not reward_model_path:
+        raise ValueError("answer scorer 'reward_model' needs reward_model_path (a local HF folder)")
+    return RewardModelScorer(reward_model_path, **kw)
+
+
+# scorer.reward choice -> factory(**kw); lcray.config takes ScorerConfig.reward's choices from it.
+# The metric scorers score(responses, golds); the reward model scores (prompts, responses).
+ANSWER_SCORERS: dict[str, Callable[..., Union[AnswerScorer, RewardModelScorer]]] = {
+    **{kind: functools.partial(AnswerScorer, kind) for kind in _METRICS},
+    "reward_model": _reward_model_scorer,
+}
+
+
+def make_answer_scorer(kind: str = "sub_em", **kw) -> AnswerScorer | RewardModelScorer:
+    """Build an answer scorer by kind.
+
+    "sub_em", "em", "f1": an AnswerScorer, score(responses, golds); kw e.g. f1_threshold.
+    "reward_model": a RewardModelScorer, score(prompts, responses); kw reward_model_path
+    (required), threshold, batch_size, max_length.
+    """
+    if kind not in ANSWER_SCORERS:
+        raise ValueError(f"unknown answer scorer {kind!r}; choose one of {tuple(ANSWER_SCORERS)}")
+    return ANSWER_SCORERS[kind](**kw)

@@ -1,4 +1,4 @@
-"""Chunk-importance scorers for LOGO data construction (ALGORITHMS.md, "LOGO data
+"""Chunk-importance scorers for LOGO data construction (docs/algorithms.md, "LOGO data
 construction" step 2): how relevant is each context chunk to the question (and answer)?
 
 The LOGO builder keeps the best chunks as C_hi and draws dis-preferred contexts from the
@@ -136,19 +136,20 @@ class EmbeddingScorer:
         return [float(s) for s in emb[1:] @ emb[0]]
 
 
-_SCORERS: dict[str, Callable[[], ImportanceScorer]] = {
+# scorer.importance choice -> factory; lcray.config takes ScorerConfig.importance's choices from it.
+IMPORTANCE_SCORERS: dict[str, Callable[[], ImportanceScorer]] = {
     "bm25": BM25Scorer,
     "lexical": LexicalOverlapScorer,
     "embedding": EmbeddingScorer,
 }
-IMPORTANCE_KINDS = tuple(_SCORERS)
+IMPORTANCE_KINDS = tuple(IMPORTANCE_SCORERS)
 
 
 def make_importance_scorer(name: str) -> ImportanceScorer:
     """Build an importance scorer by name: "bm25", "lexical" or "embedding"."""
-    if name not in _SCORERS:
+    if name not in IMPORTANCE_SCORERS:
         raise ValueError(f"unknown importance scorer {name!r}; choose one of {IMPORTANCE_KINDS}")
-    return _SCORERS[name]()
+    return IMPORTANCE_SCORERS[name]()
 
 
 def select_chunks(

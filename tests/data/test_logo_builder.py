@@ -10,7 +10,7 @@ import pytest
 
 from lcray.actors.rollout import RolloutPool
 from lcray.actors.scorer import ScorerPool
-from lcray.config import LcrayConfig
+from lcray.config import LcrayConfig, validate
 from lcray.data import logo_builder
 from lcray.data.chunking import chunk_text
 from lcray.data.contexts import format_documents
@@ -41,7 +41,7 @@ def cfg():
     c.data.chunk_tokens, c.data.target_len, c.algo.logo.num_negatives = 64, K, M
     ld = c.logo_data
     ld.num_relevant, ld.num_partial, ld.context_chunks, ld.max_new_tokens, ld.shard_size = 2, 1, 6, NEW, 4
-    c.validate()
+    validate(c)
     return c
 
 
