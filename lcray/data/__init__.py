@@ -1,5 +1,8 @@
 """Data: QA records and their IO, synthetic long-context QA, chunking, LOGO position-id
-synthesis, SoLoPO short/long contexts, and the shared preference schema."""
+synthesis, SoLoPO short/long contexts, and the shared preference schema.
+
+lcray.data.qa_prompts (trainer prompts and pairs) is not re-exported here: it imports
+lcray.engines (torch), and `import lcray.data` stays light."""
 
 from lcray.data.chunking import chunk_text, chunk_tokens
 from lcray.data.contexts import ContextPair, build_contexts, format_documents, render_prompt

@@ -1,4 +1,4 @@
-"""LOGO preference-data builder (ALGORITHMS.md, "LOGO data construction"; offline).
+"""LOGO preference-data builder (docs/algorithms.md, "LOGO data construction"; offline).
 
 Per record: tokenize the context (record.context, else its documents numbered with
 format_documents) and cut it into data.chunk_tokens-token chunks; score the chunks with the

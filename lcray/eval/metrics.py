@@ -1,4 +1,4 @@
-"""LongBench / SQuAD answer metrics (see ALGORITHMS.md, "Metrics").
+"""LongBench / SQuAD answer metrics (see docs/algorithms.md, "Metrics").
 
 One implementation of answer normalization for the whole package: the scorers
 (lcray.scorers) and the evaluator call these functions instead of re-normalizing, so a

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from statistics import mean
 from typing import Any, Optional, Sequence, Union
 
+from lcray.eval.engine_session import count_tokens, engine_session
 from lcray.eval.metrics import sub_em
 from lcray.utils.fs import atomic_write_bytes
 
@@ -214,9 +215,8 @@ def needle_sweep(model: Any, tokenizer: Any = None, *, lengths: Sequence[int], d
                  num_trials: int = 1, seed: int = 0, backend: str = "vllm", max_new_tokens: int = 16,
                  dtype: str = "float32") -> NeedleResult:
     """Run the sweep. `model`: a model path/name (an engine is started for it, sized to the
-    longest prompt, and released afterwards: runner.engine_session) or anything with
+    longest prompt, and released afterwards: lcray.eval.engine_session) or anything with
     `.generate` (then `tokenizer`, or the engine's `.tokenizer`, renders the prompts)."""
-    from lcray.eval.runner import count_tokens, engine_session
     from lcray.models import load_tokenizer, resolve_model_path
 
     is_path = isinstance(model, (str, os.PathLike))

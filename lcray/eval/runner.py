@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import logging
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+from lcray.eval.engine_session import PathLike, count_tokens, engine_session
 from lcray.eval.metrics import exact_match, qa_f1, rouge_l, sub_em
 from lcray.utils.fs import atomic_write_text
 
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 
 METRICS = {"sub_em": sub_em, "f1": qa_f1, "em": exact_match, "rouge_l": rouge_l}
 Length = Optional[int]  # None = the record's own full context
-PathLike = Union[str, os.PathLike]
 
 
 def length_label(length: Length) -> str:
@@ -58,11 +56,6 @@ def parse_lengths(text: str) -> list[Length]:
     if not out:
         raise ValueError(f"no context lengths in {text!r}")
     return out
-
-
-def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
-    """Token counts as the engines see text prompts (no special tokens added)."""
-    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
 
 
 @dataclass
@@ -234,53 +227,13 @@ def run_prepared(engine: Any, prepared: PreparedEval, *, model: str = "", max_ne
     return EvalReport(model=model, lengths=lengths, cells=cells)
 
 
-def start_engine(model_path: PathLike, *, backend: str = "vllm", max_model_len: int, dtype: str = "float32",
-                 seed: int = 0) -> Any:
-    """One in-process engine whose window fits `max_model_len` (prompt + new tokens).
-
-    Checked against the model's max_position_embeddings first: vLLM would refuse anyway, but
-    with a message that does not say which context length asked for too much."""
-    from lcray.engines import create_engine
-    from lcray.models import resolve_model_path
-
-    path = resolve_model_path(model_path)
-    limit = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
-    if isinstance(limit, int) and max_model_len > limit:
-        raise ValueError(f"the longest prompt + answer needs {max_model_len} tokens but {path.name} has a "
-                         f"{limit}-token window; use shorter --lengths / --needle-lengths")
-    log.info("eval: starting %s engine for %s (max_model_len=%d)", backend, path, max_model_len)
-    return create_engine(backend, str(path), dtype=dtype, max_model_len=max_model_len, seed=seed)
-
-
-@contextlib.contextmanager
-def engine_session(model_path: PathLike, *, backend: str = "vllm", max_model_len: int, dtype: str = "float32",
-                   seed: int = 0) -> Iterator[Any]:
-    """start_engine for a with-block, then undo what an in-process vLLM leaves behind: a
-    torch.distributed (gloo) group and a dozen environment variables (LD_PRELOAD,
-    LOCAL_WORLD_SIZE, ...). Without this, training or DeepSpeed started later in the same
-    process (a notebook, a test session) would find a foreign process group."""
-    env = dict(os.environ)
-    engine = start_engine(model_path, backend=backend, max_model_len=max_model_len, dtype=dtype, seed=seed)
-    try:
-        yield engine
-    finally:
-        del engine
-        gc.collect()
-        if backend == "vllm":
-            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-            cleanup_dist_env_and_memory()
-        os.environ.clear()
-        os.environ.update(env)
-
-
 def evaluate_model(model_path: Optional[PathLike], tasks: Sequence[EvalTask], *,
                    context_lengths: Sequence[Length] = (None,), backend: str = "vllm", engine: Any = None,
                    tokenizer: Any = None, max_new_tokens: int = 64, seed: int = 0,
                    dtype: str = "float32") -> EvalReport:
     """Score `tasks` at each context length with greedy decoding.
 
-    Starts one engine for `model_path` (released afterwards, see engine_session) unless
+    Starts one engine for `model_path` (released afterwards, see lcray.eval.engine_session) unless
     `engine` (anything with `.generate`) is given. The tokenizer (it builds the contexts and
     renders the prompts) is `tokenizer`, else the model folder's, else the engine's."""
     from lcray.models import load_tokenizer

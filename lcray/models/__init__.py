@@ -1,7 +1,8 @@
 """Models: local model folders (tiny random Llama, bundled SmolLM2, any HF folder) and
 response log-probs with explicit position ids and packing."""
 
-from lcray.models.loading import cache_dir, load_causal_lm, load_tokenizer, resolve_model_path
+from lcray.models.cache import cache_dir
+from lcray.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 from lcray.models.logprobs import PackedBatch, build_batch, sequence_logprobs
 from lcray.models.smollm2 import prepare_smollm2
 from lcray.models.tiny import build_tiny_model

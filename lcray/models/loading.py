@@ -8,16 +8,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lcray.models.cache import cache_dir
 from lcray.models.smollm2 import prepare_smollm2
 from lcray.models.tiny import build_tiny_model
 
 BUILTIN_MODELS = ("tiny", "smollm2")
 _DTYPES = ("float32", "bfloat16", "float16")
-
-
-def cache_dir() -> Path:
-    """Where built models live: $LCRAY_CACHE, default ~/.cache/lcray."""
-    return Path(os.environ.get("LCRAY_CACHE") or Path.home() / ".cache" / "lcray").expanduser()
 
 
 def resolve_model_path(name_or_path: str | os.PathLike[str]) -> Path:

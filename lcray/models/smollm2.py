@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from lcray.models.cache import cache_dir
 from lcray.models.tiny import atomic_build, save_model_folder
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -36,8 +37,6 @@ def smollm2_gguf_path() -> Path:
 
 
 def _default_out_dir() -> Path:
-    from lcray.models.loading import cache_dir  # late import: loading imports this module
-
     return cache_dir() / "models" / "smollm2-135m-instruct"
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from lcray.config import LcrayConfig, save_config
+from lcray.data.qa_prompts import QAPrompt, build_prompts, load_qa_records
 from lcray.data.schema import PreferenceExample
 from lcray.eval.qa import evaluate_answers
 from lcray.models import load_tokenizer, resolve_model_path
-from lcray.trainers.qa_data import QAPrompt, build_prompts, load_qa_records
+from lcray.runtime import Runtime
 from lcray.trainers.run_logger import RunLogger
-from lcray.trainers.runtime import Runtime
 from lcray.utils.fs import atomic_write_text
 
 

@@ -1,6 +1,6 @@
 """LOGO, offline: build the preference data (chunk -> score importance -> the policy answers from
 relevant / irrelevant / partial chunks -> synthesized position ids), then train the
-multi-negative reference-free LOGO loss on it (ALGORITHMS.md, "LOGO").
+multi-negative reference-free LOGO loss on it (docs/algorithms.md, "LOGO").
 
 The same data also trains DPO / SimPO / ORPO (algo.loss_type; their pairwise loss is averaged
 over the M negatives).
@@ -8,9 +8,9 @@ over the M negatives).
 from __future__ import annotations
 
 from lcray.data.logo_builder import build_logo_dataset, load_logo_dataset
+from lcray.data.qa_prompts import load_qa_records
+from lcray.runtime import Runtime
 from lcray.trainers.base import PreferenceTrainer
-from lcray.trainers.qa_data import load_qa_records
-from lcray.trainers.runtime import Runtime
 
 
 class LOGOTrainer(PreferenceTrainer):

@@ -1,5 +1,5 @@
 """SoLoPO, online: sample on SHORT contexts -> score -> pair -> train (PO on x_short + SoLo-RA on
-x_long) -> sync weights to the engines, every iteration (ALGORITHMS.md, "SoLoPO").
+x_long) -> sync weights to the engines, every iteration (docs/algorithms.md, "SoLoPO").
 
 Also the paper's offline setting (`solopo.mode=offline`: a fixed pairs file) and the Long-PO
 baseline (`solopo.long_po=true`: PO on x_long, no SoLo-RA) on the same machinery.
@@ -12,12 +12,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from lcray.config import LcrayConfig
+from lcray.data.qa_prompts import load_qa_records, make_pairs, pair_from_row
 from lcray.data.records import read_rows
 from lcray.data.schema import PreferenceExample
 from lcray.engines import SamplingConfig
+from lcray.runtime import Runtime
 from lcray.trainers.base import PreferenceTrainer
-from lcray.trainers.qa_data import load_qa_records, make_pairs, pair_from_row
-from lcray.trainers.runtime import Runtime
 
 # Consecutive iterations that yield no pair before the run stops with advice (not a hang).
 MAX_BARREN_ITERATIONS = 20

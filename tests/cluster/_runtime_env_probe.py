@@ -1,6 +1,6 @@
 """Driver for tests/cluster/test_runtime_env_submit.py, run by `ray job submit` with
 cluster/runtime_env.yaml: starts lcray's driver runtime the way recipes/*.py do (bootstrap, then
-lcray.trainers.runtime.init_ray joining the cluster via RAY_ADDRESS) and reports what a Ray worker
+lcray.runtime.init_ray joining the cluster via RAY_ADDRESS) and reports what a Ray worker
 of the job sees."""
 import json
 import os
@@ -14,7 +14,7 @@ bootstrap()
 import ray  # noqa: E402
 
 from lcray.config import load_config  # noqa: E402
-from lcray.trainers.runtime import init_ray  # noqa: E402
+from lcray.runtime import init_ray  # noqa: E402
 
 init_ray(load_config(None))
 

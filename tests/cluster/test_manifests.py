@@ -437,7 +437,7 @@ def test_dockerfile_copies_lcray_to_app_and_bakes_in_no_weights():
 # ----------------------------------------------------------------------------- runtime envs
 def _driver_env_keys() -> set[str]:
     """Env var keys lcray's driver passes to ray.init(runtime_env=...) when it joins a cluster."""
-    from lcray.trainers.runtime import ACTOR_ENV
+    from lcray.runtime import ACTOR_ENV
 
     return set(ACTOR_ENV) | {"TORCH_EXTENSIONS_DIR", "LCRAY_CACHE", "VLLM_CPU_KVCACHE_SPACE"}
 

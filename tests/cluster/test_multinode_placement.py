@@ -114,7 +114,7 @@ def test_colocated_recipe_pairs_learner_and_engine_on_one_gpu(gpu_cluster, recip
 def test_colocated_solopo_does_not_sync_weights_over_nccl():
     """Learner rank 0 and engine 0 share a GPU: an NCCL group with two ranks on one device fails,
     so the colocated recipe must use the object-store channel."""
-    from lcray.trainers.runtime import uses_nccl_sync
+    from lcray.runtime import uses_nccl_sync
 
     assert not uses_nccl_sync(load_config(COLOCATED))
     assert uses_nccl_sync(load_config(TWO_NODE))

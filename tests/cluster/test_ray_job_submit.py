@@ -1,7 +1,7 @@
 """`ray job submit` against a real Ray head on loopback, as users run lcray on a cluster.
 
 Starts its own head (`ray start --head --block` in a new process group, dashboard on
-127.0.0.1, token auth off for this loopback-only head as DESIGN.md says), submits the SoLoPO
+127.0.0.1, token auth off for this loopback-only head as docs/architecture.md says), submits the SoLoPO
 recipe with a tiny config through `ray job submit --working-dir .`, waits for SUCCEEDED, checks
 the outputs, and stops only the head it started (its process group), never `ray stop`.
 """

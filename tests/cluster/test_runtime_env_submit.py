@@ -34,7 +34,7 @@ def job_client(request):
 
     mp = pytest.MonkeyPatch()
     request.addfinalizer(mp.undo)
-    mp.setenv("RAY_AUTH_MODE", "disabled")  # a loopback test cluster; DESIGN.md: disabled for head and client
+    mp.setenv("RAY_AUTH_MODE", "disabled")  # a loopback test cluster; docs/architecture.md: disabled for head and client
     if ray.is_initialized():
         ray.shutdown()
     port = _free_port()

@@ -4,10 +4,10 @@ import random
 
 import pytest
 
+from lcray.data.qa_prompts import QAPrompt, make_pairs, pair_from_row
 from lcray.data.records import DataError, read_rows
 from lcray.engines import Completion
 from lcray.models import load_tokenizer
-from lcray.trainers.qa_data import QAPrompt, make_pairs, pair_from_row
 
 PROMPT = QAPrompt(id="q1", answers=["Osk"], short_ids=[1, 2, 3], long_ids=[9, 8, 7, 1, 2, 3], rho=0.5)
 
