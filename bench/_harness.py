@@ -70,7 +70,7 @@ def measure_case(args: argparse.Namespace, overrides: Sequence[str],
 
     torch.set_num_threads(args.threads)
     from lcray.config import load_config
-    from lcray.learner.core import PolicyLearner
+    from lcray.learner import PolicyLearner
     from lcray.learner.distributed import destroy_process_group, free_port, init_process_group
 
     cfg = load_config(None, [f"model.name_or_path={args.model}", "learner.zero_stage=2",

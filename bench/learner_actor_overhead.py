@@ -62,7 +62,7 @@ def main() -> None:
     group.shutdown()
     ray.shutdown()
 
-    from lcray.learner.core import PolicyLearner
+    from lcray.learner import PolicyLearner
     from lcray.learner.distributed import destroy_process_group, free_port, init_process_group
 
     init_process_group(0, 1, "127.0.0.1", free_port())

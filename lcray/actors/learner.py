@@ -13,7 +13,7 @@ from lcray.data.schema import PreferenceExample
 
 
 class LearnerWorker:
-    """The actor body (a plain class: the core logic lives in learner.core.PolicyLearner)."""
+    """The actor body (a plain class: the core logic lives in learner.step.PolicyLearner)."""
 
     def __init__(self, cfg: dict, rank: int, world_size: int) -> None:
         self.cfg: LcrayConfig = config_from_dict(LcrayConfig, cfg)
@@ -27,7 +27,7 @@ class LearnerWorker:
         return node_ip(), free_port()
 
     def setup(self, master_addr: str, master_port: int, total_steps: int) -> dict:
-        from lcray.learner.core import PolicyLearner
+        from lcray.learner import PolicyLearner
         from lcray.learner.distributed import init_process_group
 
         backend = init_process_group(self.rank, self.world_size, master_addr, master_port, self.cfg.learner.backend)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lcray.learner import collectives
 from lcray.utils.fs import atomic_dir
 
 
@@ -50,8 +51,7 @@ LATEST = "latest"
 
 
 def _barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    collectives.barrier(collectives.learner_device())
 
 
 def _rng_state() -> dict:

@@ -53,6 +53,8 @@ def init_process_group(rank: int, world_size: int, master_addr: str, master_port
 
 def destroy_process_group() -> None:
     """barrier + destroy: without it gloo aborts the process at exit (SIGABRT)."""
+    from lcray.learner import collectives
+
     if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        collectives.barrier(collectives.learner_device())
         torch.distributed.destroy_process_group()

@@ -1,4 +1,8 @@
-"""The learner core: one DeepSpeed rank that turns preference examples into optimizer steps.
+"""The learner step: one DeepSpeed rank that turns preference examples into optimizer steps.
+
+Forward of chosen / rejected (and y_w on the long context), the loss through
+lcray.algos.objective, the staged backward, and the DeepSpeed micro-step details. What is
+trained is built in model_setup.py; weights leave through export.py.
 
 Pure Python + torch.distributed; no Ray. `actors/learner.py` wraps it in an actor and a group
 of them forms one torch.distributed world. Expects the process group to be initialized
@@ -13,11 +17,13 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from lcray.algos import needs_reference, uses_gamma
 from lcray.algos.objective import SeqLogps, preference_objective, solo_ra_objective
 from lcray.config import LcrayConfig
 from lcray.data.schema import PreferenceExample
+from lcray.learner import collectives, export, model_setup
 from lcray.learner.ds_config import build_ds_config, grad_accum_steps
-from lcray.models import build_batch, load_causal_lm, load_tokenizer, resolve_model_path, sequence_logprobs
+from lcray.models import build_batch, load_tokenizer, resolve_model_path, sequence_logprobs
 
 
 def _split(logps: SeqLogps, sizes: Sequence[int]) -> list[SeqLogps]:
@@ -40,72 +46,25 @@ class PolicyLearner:
         # Backward passes per micro-batch: 2 when the x_long term is backwarded on its own.
         self.passes = 2 if solo_ra.staged_backward and solo_ra.alpha > 0 else 1
         self.ds_config = build_ds_config(cfg.learner, self.world_size, backward_passes=self.passes)
+        self.zero_stage = self.ds_config["zero_optimization"]["stage"]
         self.grad_accum = grad_accum_steps(cfg.learner, self.world_size)
         self.total_steps = total_steps or cfg.trainer.max_steps
 
-        model = self._load_model()
-        if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        if cfg.model.lora.r > 0:
-            model = self._add_lora(model)
+        self._zero_init = model_setup.ZeroInitScope(self.ds_config)
+        model = model_setup.load_policy(cfg, self.model_path)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=self.ds_config,
-            lr_scheduler=self._make_scheduler,
+            lr_scheduler=model_setup.scheduler_factory(cfg.learner, self.total_steps),
         )
-        self.ref = self._load_reference() if cfg.algo.loss_type == "dpo" else None
+        self.device = collectives.learner_device(self.engine)
+        self.ref = None
+        if needs_reference(cfg.algo.loss_type):
+            ref_ds_config = build_ds_config(cfg.learner, self.world_size, with_optimizer=False)
+            self.ref = model_setup.load_reference(cfg, self.model_path, self.ds_config, ref_ds_config,
+                                                  device=self.device)
         self.global_step = 0
-
-    # ------------------------------------------------------------------ construction
-    def _load_model(self) -> torch.nn.Module:
-        m = self.cfg.model
-        # Under ZeRO-3, a live HfDeepSpeedConfig makes from_pretrained partition parameters
-        # while loading (deepspeed.zero.Init), so a rank never holds the whole model. It must
-        # stay referenced for as long as the model is built.
-        self._hf_ds_config = None
-        if self.ds_config["zero_optimization"]["stage"] == 3:
-            from transformers.integrations import HfDeepSpeedConfig
-
-            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
-        return load_causal_lm(
-            self.model_path,
-            dtype=m.dtype,
-            attn_implementation=m.attn_implementation,
-            rope_theta=m.rope_theta,
-            max_position_embeddings=m.max_position_embeddings,
-        )
-
-    def _add_lora(self, model: torch.nn.Module) -> torch.nn.Module:
-        from peft import LoraConfig, get_peft_model
-
-        lora = self.cfg.model.lora
-        peft_cfg = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, peft_cfg)
-
-    def _load_reference(self) -> Any:
-        """Frozen reference for DPO. With LoRA it is the same network with adapters disabled."""
-        if self.cfg.model.lora.r > 0:
-            return "adapters-off"
-        ref = self._load_model().eval().requires_grad_(False)
-        if self.ds_config["zero_optimization"]["stage"] == 3:
-            import deepspeed
-
-            # Partitioned like the policy; no optimizer.
-            ref_cfg = build_ds_config(self.cfg.learner, self.world_size, with_optimizer=False)
-            ref, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
-        return ref
-
-    def _make_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
-        from transformers import get_scheduler
-
-        learner = self.cfg.learner
-        name = "constant_with_warmup" if learner.lr_scheduler_type == "constant" else learner.lr_scheduler_type
-        return get_scheduler(name, optimizer, num_warmup_steps=learner.warmup_steps, num_training_steps=max(self.total_steps, 1))
 
     # ------------------------------------------------------------------ forward
     def _logps(self, model: Any, sequences: list[dict]) -> SeqLogps:
@@ -114,7 +73,7 @@ class PolicyLearner:
 
     @contextlib.contextmanager
     def _reference(self) -> Iterator[Any]:
-        if self.ref == "adapters-off":
+        if self.ref == model_setup.ADAPTERS_OFF:
             with self.engine.module.disable_adapter(), torch.no_grad():
                 yield self.engine
         else:
@@ -148,16 +107,15 @@ class PolicyLearner:
         with_long = algo.solo_ra.alpha > 0 and long is None
         chosen, rejected, chosen_long = self._forward(self.engine, examples, with_long)
         ref = (None, None, None)
-        if algo.loss_type == "dpo":
+        if needs_reference(algo.loss_type):
             with self._reference() as ref_model:
                 ref = self._forward(ref_model, examples, with_long)
         if long is not None:
             chosen_long, ref = long[0], (ref[0], ref[1], long[1])
-        uses_gamma = algo.loss_type in ("simpo", "logo")
         loss, metrics = preference_objective(
             loss_type=algo.loss_type,
             beta=algo.beta,
-            simpo_gamma=algo.simpo_gamma if uses_gamma else 0.0,
+            simpo_gamma=algo.simpo_gamma if uses_gamma(algo.loss_type) else 0.0,
             label_smoothing=algo.label_smoothing,
             nll_coef=algo.nll_coef,
             solo_ra_alpha=algo.solo_ra.alpha,
@@ -188,7 +146,7 @@ class PolicyLearner:
         short = [e.sequence(e.chosen_ids) for e in examples]
         long = [e.sequence(e.chosen_ids, long=True) for e in examples]
         ref_short = ref_long = None
-        if algo.loss_type == "dpo":
+        if needs_reference(algo.loss_type):
             with self._reference() as ref_model:
                 ref_short, ref_long = self._logps(ref_model, short), self._logps(ref_model, long)
         with torch.no_grad():
@@ -244,7 +202,7 @@ class PolicyLearner:
         elapsed = time.perf_counter() - start
         self.global_step += 1
         out = {k: v / self.grad_accum for k, v in sums.items()}
-        out = self._mean_over_ranks(out)
+        out = collectives.mean_over_ranks(out, self.device)
         grad_norm = self.engine.get_global_grad_norm()
         out["grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
         out["lr"] = float(self.scheduler.get_last_lr()[0])
@@ -265,46 +223,11 @@ class PolicyLearner:
         if clear is not None:
             clear()
 
-    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
-        if self.world_size == 1:
-            return metrics
-        keys = sorted(metrics)
-        t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return {k: float(v) / self.world_size for k, v in zip(keys, t)}
-
     # ------------------------------------------------------------------ weights out
     def export_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Full HF-named state dict on CPU, on rank 0 (None elsewhere).
-
-        Collective under ZeRO-3 (parameters are gathered), so every rank must call it.
-        LoRA adapters are merged into the base weights, so engines get plain HF tensors.
-        """
-        import deepspeed
-
-        module = self.engine.module
-        params = list(module.parameters())
-        stage3 = self.ds_config["zero_optimization"]["stage"] == 3
-        with deepspeed.zero.GatheredParameters(params, enabled=stage3):
-            if self.rank != 0:
-                return None
-            if self.cfg.model.lora.r > 0:
-                return self._merged_lora_state(module)
-            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-    @staticmethod
-    def _merged_lora_state(peft_model: Any) -> dict[str, torch.Tensor]:
-        peft_model.merge_adapter()
-        try:
-            base = peft_model.get_base_model()
-            state = {}
-            for k, v in base.state_dict().items():
-                if "lora_" in k:
-                    continue
-                state[k.replace(".base_layer.", ".")] = v.detach().to("cpu", copy=True)
-            return state
-        finally:
-            peft_model.unmerge_adapter()
+        """Full HF-named state dict on CPU on rank 0, None elsewhere (collective under ZeRO-3)."""
+        return export.export_state_dict(self.engine.module, rank=self.rank, zero_stage=self.zero_stage,
+                                        lora=self.cfg.model.lora.r > 0)
 
     def save_hf_model(self, out_dir: str) -> None:
         """Save the (merged) policy as an HF folder with safetensors; collective under ZeRO-3."""

@@ -9,7 +9,7 @@ import json
 from lcray.config import load_config
 from lcray.data.schema import PreferenceExample
 from lcray.learner.distributed import destroy_process_group, free_port, init_process_group
-from lcray.learner.core import PolicyLearner
+from lcray.learner import PolicyLearner
 
 
 def examples(tokenizer, n: int) -> list[PreferenceExample]:

@@ -1,0 +1,47 @@
+"""Every torch.distributed collective lcray issues goes through here.
+
+NCCL only moves CUDA tensors; gloo takes CPU ones. A collective that builds its tensor on the
+host works on CPU ranks and dies on the first multi-GPU step, so each helper puts its tensor on
+the learner's device (the DeepSpeed engine's) before the call. tests/learner/test_collectives.py
+checks that no other module calls torch.distributed's tensor collectives directly.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def learner_device(engine: Any = None) -> torch.device:
+    """The device a rank's collectives run on: the DeepSpeed engine's, else the current CUDA
+    device when CUDA is up, else the CPU."""
+    device = getattr(engine, "device", None)
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The mean of each scalar over all ranks (one all_reduce; keys in sorted order everywhere)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return dict(values)
+    keys = sorted(values)
+    # float64 so summing many ranks' metrics loses nothing; NCCL reduces float64 too.
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    world = dist.get_world_size()
+    return {k: float(v) / world for k, v in zip(keys, t.tolist())}
+
+
+def barrier(device: torch.device) -> None:
+    """A barrier that names the rank's GPU under NCCL (otherwise NCCL guesses a device and warns
+    or hangs when ranks guessed differently)."""
+    if not dist.is_initialized():
+        return
+    if device.type == "cuda" and dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[device.index if device.index is not None else torch.cuda.current_device()])
+    else:
+        dist.barrier()

@@ -1,0 +1,96 @@
+"""What a learner rank trains: the policy (RoPE overrides, gradient checkpointing, LoRA), the
+frozen DPO reference and the learning-rate schedule. No DeepSpeed step logic here (see step.py).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from lcray.config import LcrayConfig, LearnerConfig
+from lcray.models import load_causal_lm
+
+# With LoRA the DPO reference is the policy network itself with its adapters disabled.
+ADAPTERS_OFF = "adapters-off"
+
+
+class ZeroInitScope:
+    """Keeps transformers' HfDeepSpeedConfig alive while models are built under ZeRO-3.
+
+    A live HfDeepSpeedConfig makes from_pretrained partition parameters while loading
+    (deepspeed.zero.Init), so a rank never holds the whole model. It must stay referenced for as
+    long as models are built, hence an object the learner holds rather than a local.
+    """
+
+    def __init__(self, ds_config: dict) -> None:
+        self.hf_ds_config = None
+        if ds_config["zero_optimization"]["stage"] == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self.hf_ds_config = HfDeepSpeedConfig(ds_config)
+
+
+def load_base_model(cfg: LcrayConfig, model_path: str) -> torch.nn.Module:
+    """The HF model with the config's dtype, attention kernel and RoPE overrides."""
+    m = cfg.model
+    return load_causal_lm(
+        model_path,
+        dtype=m.dtype,
+        attn_implementation=m.attn_implementation,
+        rope_theta=m.rope_theta,
+        max_position_embeddings=m.max_position_embeddings,
+    )
+
+
+def load_policy(cfg: LcrayConfig, model_path: str) -> torch.nn.Module:
+    """The trainable policy: base model, gradient checkpointing if asked, LoRA adapters if r > 0."""
+    model = load_base_model(cfg, model_path)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.model.lora.r > 0:
+        model = add_lora(model, cfg)
+    return model
+
+
+def add_lora(model: torch.nn.Module, cfg: LcrayConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.model.lora
+    peft_cfg = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def load_reference(cfg: LcrayConfig, model_path: str, ds_config: dict, ref_ds_config: dict, *,
+                   device: torch.device) -> Any:
+    """Frozen reference for DPO: ADAPTERS_OFF with LoRA, else a separate frozen copy on `device`.
+
+    Under ZeRO-3 the copy is partitioned like the policy (a DeepSpeed engine with no optimizer,
+    which places it). At ZeRO 0-2 nothing else moves it: from_pretrained loads to the host, and a
+    host reference beside a GPU policy fails on the first DPO step.
+    """
+    if cfg.model.lora.r > 0:
+        return ADAPTERS_OFF
+    ref = load_base_model(cfg, model_path).eval().requires_grad_(False)
+    if ds_config["zero_optimization"]["stage"] == 3:
+        import deepspeed
+
+        ref, *_ = deepspeed.initialize(model=ref, config=ref_ds_config)
+        return ref
+    return ref.to(device)
+
+
+def scheduler_factory(learner: LearnerConfig, total_steps: int) -> Callable[[torch.optim.Optimizer], Any]:
+    """What deepspeed.initialize(lr_scheduler=...) calls with the optimizer it built."""
+
+    def make(optimizer: torch.optim.Optimizer) -> Any:
+        from transformers import get_scheduler
+
+        name = "constant_with_warmup" if learner.lr_scheduler_type == "constant" else learner.lr_scheduler_type
+        return get_scheduler(name, optimizer, num_warmup_steps=learner.warmup_steps,
+                             num_training_steps=max(total_steps, 1))
+
+    return make
