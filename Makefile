@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast doctor reproduce clean
+.PHONY: install demo test test-fast doctor reproduce gpu-check clean
 
 install: $(STAMP)
 
@@ -46,6 +46,13 @@ reproduce: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# One CUDA GPU: the learner core in an NCCL world of 1, bf16 + sdpa (prints "skipped" without CUDA).
+# Needs no Ray or vLLM, so it runs where only torch, transformers, peft and DeepSpeed are installed:
+# it uses .venv when there is one, else the machine's python3.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
