@@ -1,7 +1,7 @@
 """LOGO positional index synthesis: a short step spread over a long window vs a real long step.
 
 Issue goal: a training step on ~4K real tokens whose position ids span a 32K window (LOGO,
-ALGORITHMS.md "LOGO data construction" step 5) costs <= 0.15x the time and peak memory of a
+docs/algorithms.md "LOGO data construction" step 5) costs <= 0.15x the time and peak memory of a
 step on a real 32K-token sequence, same model.
 
 What is measured -- both cases go through the real learner path, PolicyLearner.train_step:

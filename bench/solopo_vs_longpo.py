@@ -1,7 +1,7 @@
 """SoLoPO vs Long-PO: one training step on the same preference pairs (issue goal: <= 0.5x each).
 
 Issue: "one SoLoPO step vs one Long-PO step on the same pairs (rho ~ 0.15, long >= 4K tokens):
-time and peak-memory ratios (goal <= 0.5x each)". ALGORITHMS.md ("SoLoPO objective", cost):
+time and peak-memory ratios (goal <= 0.5x each)". docs/algorithms.md ("SoLoPO: short-context PO + SoLo-RA", Cost):
 vanilla long PO ~ 2 N^2 attention, SoLoPO ~ (2 rho^2 + 1) N^2.
 
 What is measured -- both cases go through the real learner path, PolicyLearner.train_step:
@@ -118,7 +118,7 @@ def main() -> None:
     h.print_ratios(staged, lp, "staged/Long-PO", 0.5)
     rho = short / long
     print(f"expected from shapes: tokens {s['tokens'] / lp['tokens']:.3f}x, sum L^2 {s['attn'] / lp['attn']:.3f}x "
-          f"(ALGORITHMS.md (2 rho^2 + 1) / 2 = {(2 * rho * rho + 1) / 2:.3f}x)")
+          f"(docs/algorithms.md (2 rho^2 + 1) / 2 = {(2 * rho * rho + 1) / 2:.3f}x)")
 
 
 if __name__ == "__main__":

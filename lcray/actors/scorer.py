@@ -1,4 +1,4 @@
-"""ScorerActor: answer rewards and chunk-importance scores in Ray actors (DESIGN.md, "Roles"),
+"""ScorerActor: answer rewards and chunk-importance scores in Ray actors (docs/architecture.md, "Roles"),
 and ScorerPool, the driver's handle on several of them.
 
 Scoring is CPU work that should not block the driver or the GPU roles, and it is stateless,

