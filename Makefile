@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast doctor reproduce gpu-check clean
+.PHONY: install demo test test-fast lint format doctor reproduce gpu-check clean
 
 install: $(STAMP)
 
@@ -44,8 +44,18 @@ demo: install
 reproduce: install
 	$(PY) recipes/reproduce.py
 
-test: install
+# ruff first: a formatting or lint slip fails in seconds, before the 10-minute suite.
+test: install lint
 	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Rewrites files: sorts imports, applies the safe fixes, formats.
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # One CUDA GPU: the learner core in an NCCL world of 1, bf16 + sdpa (prints "skipped" without CUDA).
 # Needs no Ray or vLLM, so it runs where only torch, transformers, peft and DeepSpeed are installed:
