@@ -22,6 +22,7 @@ Run on an otherwise idle machine. If other processes keep the cores busy, every 
 op waits for a scheduler slice at its OpenMP barrier (milliseconds per op on CPU), so step time
 tracks the number of ops (forwards) rather than the work; --threads 1 is then the fairer figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,16 +33,20 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/lcray/torch_extensions"))
 
 # (header, width, row key, format spec) of the columns every bench prints after its own
-_MEASURED = [("step time (s)", 15, "step_time", ".2f"), ("peak RSS (MiB)", 16, "peak_rss", ".0f"),
-             ("step mem delta (MiB)", 22, "step_mem", ".0f")]
+_MEASURED = [
+    ("step time (s)", 15, "step_time", ".2f"),
+    ("peak RSS (MiB)", 16, "peak_rss", ".0f"),
+    ("step mem delta (MiB)", 22, "step_mem", ".0f"),
+]
 
 
 def add_common_args(p: argparse.ArgumentParser, cases: Sequence[str], steps: int = 3) -> None:
@@ -60,8 +65,9 @@ def rss_mib() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def measure_case(args: argparse.Namespace, overrides: Sequence[str],
-                 make_batch: Callable[[Any], tuple[list, dict]]) -> dict:
+def measure_case(
+    args: argparse.Namespace, overrides: Sequence[str], make_batch: Callable[[Any], tuple[list, dict]]
+) -> dict:
     """In a child: build the learner, then time args.steps + 1 train_steps on one batch.
 
     make_batch(learner) -> (examples, extra fields for the result row).
@@ -73,8 +79,10 @@ def measure_case(args: argparse.Namespace, overrides: Sequence[str],
     from lcray.learner import PolicyLearner
     from lcray.learner.distributed import destroy_process_group, free_port, init_process_group
 
-    cfg = load_config(None, [f"model.name_or_path={args.model}", "learner.zero_stage=2",
-                             f"trainer.max_steps={args.steps + 1}", *overrides])
+    cfg = load_config(
+        None,
+        [f"model.name_or_path={args.model}", "learner.zero_stage=2", f"trainer.max_steps={args.steps + 1}", *overrides],
+    )
     init_process_group(0, 1, "127.0.0.1", free_port(), backend="gloo")
     learner = PolicyLearner(cfg)
     examples, extra = make_batch(learner)
@@ -89,19 +97,28 @@ def measure_case(args: argparse.Namespace, overrides: Sequence[str],
         times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     destroy_process_group()
-    return dict(case=args.case, **extra, step_time=statistics.median(times[1:]), warmup_time=times[0],
-                rss_before=before, peak_rss=peak, step_mem=peak - before)
+    return dict(
+        case=args.case,
+        **extra,
+        step_time=statistics.median(times[1:]),
+        warmup_time=times[0],
+        rss_before=before,
+        peak_rss=peak,
+        step_mem=peak - before,
+    )
 
 
 def _child(script: str, args: argparse.Namespace, case: str, env: dict) -> dict:
-    cmd = [sys.executable, script, "--case", case] + [f"--{k.replace('_', '-')}={v}"
-                                                      for k, v in vars(args).items() if k != "case"]
+    cmd = [sys.executable, script, "--case", case] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "case"
+    ]
     out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def dispatch(script: str, args: argparse.Namespace, cases: Sequence[str],
-             run_case: Callable[[str, argparse.Namespace], dict]) -> list[dict] | None:
+def dispatch(
+    script: str, args: argparse.Namespace, cases: Sequence[str], run_case: Callable[[str, argparse.Namespace], dict]
+) -> list[dict] | None:
     """Child: run its case, print it as JSON, return None. Parent: one child per case, return the rows.
 
     The parent replaces args.model with the resolved model folder.

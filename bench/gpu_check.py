@@ -19,6 +19,7 @@ this script from rotting (tests/bench/test_gpu_check.py).
     make gpu-check            # = python bench/gpu_check.py
     python bench/gpu_check.py --config-dir .gpu/smollm2 --out results.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,13 @@ def logo_example(real_tokens: int, window: int, vocab: int, seed: int):
     ids = lambda n: rng.integers(100, vocab, n).tolist()  # noqa: E731
     prompt = ids(chunk * 16 + question)
     pos = synthesize_position_ids([chunk] * 16, question + RESPONSE, window, mode="continuous", rng=rng)
-    return PreferenceExample(id=f"logo-{window}", prompt_ids=prompt, prompt_position_ids=pos[:len(prompt)].tolist(),
-                             chosen_ids=ids(RESPONSE), rejected_ids=[ids(RESPONSE), ids(RESPONSE)])
+    return PreferenceExample(
+        id=f"logo-{window}",
+        prompt_ids=prompt,
+        prompt_position_ids=pos[: len(prompt)].tolist(),
+        chosen_ids=ids(RESPONSE),
+        rejected_ids=[ids(RESPONSE), ids(RESPONSE)],
+    )
 
 
 def dpo_examples(vocab: int, prompt_len: int):
@@ -76,8 +82,12 @@ def dpo_examples(vocab: int, prompt_len: int):
 
     rng = np.random.default_rng(1)
     ids = lambda n: rng.integers(100, vocab, n).tolist()  # noqa: E731
-    return [PreferenceExample(id=f"dpo-{i}", prompt_ids=ids(prompt_len), chosen_ids=ids(RESPONSE), rejected_ids=[ids(RESPONSE)])
-            for i in range(2)]
+    return [
+        PreferenceExample(
+            id=f"dpo-{i}", prompt_ids=ids(prompt_len), chosen_ids=ids(RESPONSE), rejected_ids=[ids(RESPONSE)]
+        )
+        for i in range(2)
+    ]
 
 
 def _host_peak_gib() -> float:
@@ -105,9 +115,20 @@ def learner_for(model: str, overrides: list[str], bf16: bool):
     from lcray.config import load_config
     from lcray.learner import PolicyLearner
 
-    cfg = load_config(None, [f"model.name_or_path={model}", "model.attn_implementation=sdpa", f"learner.bf16={bf16}",
-                             "learner.zero_stage=2", "learner.train_batch_size=1", "learner.micro_train_batch_size=1",
-                             "trainer.max_steps=4", "model.gradient_checkpointing=true", *overrides])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={model}",
+            "model.attn_implementation=sdpa",
+            f"learner.bf16={bf16}",
+            "learner.zero_stage=2",
+            "learner.train_batch_size=1",
+            "learner.micro_train_batch_size=1",
+            "trainer.max_steps=4",
+            "model.gradient_checkpointing=true",
+            *overrides,
+        ],
+    )
     return PolicyLearner(cfg)
 
 
@@ -115,12 +136,18 @@ def run_case(name: str, learner, examples) -> dict:
     learner.train_step(examples)  # warm-up: kernels, allocator, optimizer state
     r = timed(lambda: learner.train_step(examples))
     metrics = r.pop("out")
-    r.update(case=name, loss=metrics["loss"], tokens=sum(len(e.prompt_ids) + len(e.chosen_ids) +
-                                                         sum(map(len, e.rejected_ids)) for e in examples))
+    r.update(
+        case=name,
+        loss=metrics["loss"],
+        tokens=sum(len(e.prompt_ids) + len(e.chosen_ids) + sum(map(len, e.rejected_ids)) for e in examples),
+    )
     if not all(map(lambda v: v == v and abs(v) != float("inf"), [metrics["loss"], metrics["grad_norm"]])):
         raise SystemExit(f"gpu-check FAILED: {name} gave a non-finite loss or grad norm: {metrics}")
-    print(f"{name:<10} tokens {r['tokens']:>6}  step {r['time_s']:.3f} s  peak {r['peak_gib']:.2f} GiB  "
-          f"(+{r['step_extra_gib']:.2f} GiB over the resident state)  loss {r['loss']:.4f}", flush=True)
+    print(
+        f"{name:<10} tokens {r['tokens']:>6}  step {r['time_s']:.3f} s  peak {r['peak_gib']:.2f} GiB  "
+        f"(+{r['step_extra_gib']:.2f} GiB over the resident state)  loss {r['loss']:.4f}",
+        flush=True,
+    )
     return r
 
 
@@ -148,8 +175,17 @@ def main() -> int:
     model = model_folder(args)
     vocab = len(load_tokenizer(model))
     rows = []
-    learner = learner_for(model, ["algo.loss_type=dpo", "algo.simpo_gamma=0", "algo.beta=0.1", "learner.train_batch_size=2",
-                                  "learner.micro_train_batch_size=2"], bf16=cuda)
+    learner = learner_for(
+        model,
+        [
+            "algo.loss_type=dpo",
+            "algo.simpo_gamma=0",
+            "algo.beta=0.1",
+            "learner.train_batch_size=2",
+            "learner.micro_train_batch_size=2",
+        ],
+        bf16=cuda,
+    )
     ref_device = next(learner.ref.parameters()).device
     if learner.device != ref_device or (cuda and learner.device.type != "cuda"):
         raise SystemExit(f"gpu-check FAILED: policy on {learner.device}, DPO reference on {ref_device}")
@@ -157,20 +193,32 @@ def main() -> int:
     r = timed(learner.export_state_dict)
     state = r.pop("out")
     r.update(case="export", tensors=len(state), gib=sum(t.numel() * t.element_size() for t in state.values()) / 2**30)
-    print(f"export    {r['tensors']} tensors, {r['gib']:.2f} GiB to the host in {r['time_s']:.3f} s  "
-          f"(+{r['step_extra_gib']:.2f} GiB GPU during the gather)", flush=True)
+    print(
+        f"export    {r['tensors']} tensors, {r['gib']:.2f} GiB to the host in {r['time_s']:.3f} s  "
+        f"(+{r['step_extra_gib']:.2f} GiB GPU during the gather)",
+        flush=True,
+    )
     rows.append(r)
     del learner, state
     torch.cuda.empty_cache()
-    logo = ["algo.loss_type=logo", "algo.beta=10", "algo.simpo_gamma=3", "algo.nll_coef=0.1",
-            "model.rope_theta=8000000", f"model.max_position_embeddings={args.window}"]
+    logo = [
+        "algo.loss_type=logo",
+        "algo.beta=10",
+        "algo.simpo_gamma=3",
+        "algo.nll_coef=0.1",
+        "model.rope_theta=8000000",
+        f"model.max_position_embeddings={args.window}",
+    ]
     learner = learner_for(model, logo, bf16=cuda)
     rows.append(run_case("logo", learner, [logo_example(args.logo_real, args.window, vocab, 2)]))
     rows.append(run_case("real_long", learner, [logo_example(args.real_long, args.real_long, vocab, 3)]))
     a, b = rows[-2], rows[-1]
-    print(f"LOGO {args.logo_real} real tokens over a {args.window} window vs a real {args.real_long}-token step: "
-          f"time {a['time_s'] / b['time_s']:.3f}x, step memory {a['step_extra_gib'] / max(b['step_extra_gib'], 1e-9):.3f}x",
-          flush=True)
+    print(
+        f"LOGO {args.logo_real} real tokens over a {args.window} window vs a real {args.real_long}-token step: "
+        f"time {a['time_s'] / b['time_s']:.3f}x, "
+        f"step memory {a['step_extra_gib'] / max(b['step_extra_gib'], 1e-9):.3f}x",
+        flush=True,
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     destroy_process_group()

@@ -5,6 +5,7 @@ the object store and the metrics round trip. Prints median step times and their 
 
     python bench/learner_actor_overhead.py [--steps 8] [--prompt-tokens 2048]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,13 @@ def batches(n_steps: int, batch: int, prompt_tokens: int, vocab: int) -> list[li
 
     rng = random.Random(0)
     ids = lambda n: [rng.randrange(10, vocab) for _ in range(n)]  # noqa: E731
-    return [[PreferenceExample(prompt_ids=ids(prompt_tokens), chosen_ids=ids(32), rejected_ids=[ids(32)])
-             for _ in range(batch)] for _ in range(n_steps)]
+    return [
+        [
+            PreferenceExample(prompt_ids=ids(prompt_tokens), chosen_ids=ids(32), rejected_ids=[ids(32)])
+            for _ in range(batch)
+        ]
+        for _ in range(n_steps)
+    ]
 
 
 def timed(step, data) -> list[float]:
@@ -46,10 +52,17 @@ def main() -> None:
     p.add_argument("--zero-stage", type=int, default=2)
     args = p.parse_args()
     model = str(resolve_model_path("tiny"))
-    cfg = load_config(None, [f"model.name_or_path={model}", f"learner.zero_stage={args.zero_stage}",
-                             "learner.train_batch_size=4", "trainer.max_steps=100",
-                             # same threads as the in-process run: Ray sets OMP_NUM_THREADS = num_cpus
-                             "learner.cpus_per_learner=2"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={model}",
+            f"learner.zero_stage={args.zero_stage}",
+            "learner.train_batch_size=4",
+            "trainer.max_steps=100",
+            # same threads as the in-process run: Ray sets OMP_NUM_THREADS = num_cpus
+            "learner.cpus_per_learner=2",
+        ],
+    )
     data = batches(args.steps + 1, 4, args.prompt_tokens, 1000)
 
     import ray

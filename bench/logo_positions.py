@@ -24,6 +24,7 @@ favourable than on a real model, where the MLP/lm_head part (linear in tokens) w
 
     python bench/logo_positions.py [--steps 3] [--target-len 32768] [--chunks 8] [--model DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,13 +44,18 @@ def example(case: str, args: argparse.Namespace, vocab: int):
     if case == "A":
         chunk_lens = [args.chunk_tokens] * args.chunks
         prompt_len = sum(chunk_lens) + args.question_tokens
-        pos = synthesize_position_ids(chunk_lens, qa_len=args.question_tokens + resp,
-                                      target_len=args.target_len, mode="continuous", rng=rng)
+        pos = synthesize_position_ids(
+            chunk_lens, qa_len=args.question_tokens + resp, target_len=args.target_len, mode="continuous", rng=rng
+        )
         pos = pos[:prompt_len].tolist()  # the responses continue at the window's last ids
     else:
         prompt_len, pos = args.target_len - resp, None
-    ex = PreferenceExample(prompt_ids=ids(prompt_len), chosen_ids=ids(resp),
-                           rejected_ids=[ids(resp) for _ in range(args.negatives)], prompt_position_ids=pos)
+    ex = PreferenceExample(
+        prompt_ids=ids(prompt_len),
+        chosen_ids=ids(resp),
+        rejected_ids=[ids(resp) for _ in range(args.negatives)],
+        prompt_position_ids=pos,
+    )
     last = ex.sequence(ex.chosen_ids)
     last_pos = last["position_ids"][-1] if "position_ids" in last else len(last["input_ids"]) - 1
     return ex, prompt_len + resp, last_pos + 1
@@ -60,8 +66,16 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
         ex, real_tokens, window = example(case, args, len(learner.tokenizer))
         return [ex], dict(real_tokens=real_tokens, window=window)
 
-    return h.measure_case(args, ["learner.train_batch_size=1", "learner.micro_train_batch_size=1",
-                                 "algo.loss_type=logo", f"algo.logo.num_negatives={args.negatives}"], batch)
+    return h.measure_case(
+        args,
+        [
+            "learner.train_batch_size=1",
+            "learner.micro_train_batch_size=1",
+            "algo.loss_type=logo",
+            f"algo.logo.num_negatives={args.negatives}",
+        ],
+        batch,
+    )
 
 
 def main() -> None:
@@ -78,13 +92,18 @@ def main() -> None:
     if rows is None:
         return
     a, b = rows
-    print(f"model: {args.model}  loss: logo (M={args.negatives})  ZeRO-2, 1 CPU rank, {args.threads} threads, "
-          f"median of {args.steps} steps after 1 warm-up")
-    h.print_table(rows, ("A LOGO", "B real long"),
-                  [("real tokens", 12, "real_tokens", "d"), ("window", 8, "window", "d")])
-    print("(real tokens per sequence; each step scores chosen + "
-          f"{args.negatives} rejected = {args.negatives + 1} such sequences; RSS before first step: "
-          f"A {a['rss_before']:.0f} MiB, B {b['rss_before']:.0f} MiB)")
+    print(
+        f"model: {args.model}  loss: logo (M={args.negatives})  ZeRO-2, 1 CPU rank, {args.threads} threads, "
+        f"median of {args.steps} steps after 1 warm-up"
+    )
+    h.print_table(
+        rows, ("A LOGO", "B real long"), [("real tokens", 12, "real_tokens", "d"), ("window", 8, "window", "d")]
+    )
+    print(
+        "(real tokens per sequence; each step scores chosen + "
+        f"{args.negatives} rejected = {args.negatives + 1} such sequences; RSS before first step: "
+        f"A {a['rss_before']:.0f} MiB, B {b['rss_before']:.0f} MiB)"
+    )
     h.print_ratios(a, b, "A/B", 0.15)
 
 

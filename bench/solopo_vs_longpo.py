@@ -30,6 +30,7 @@ half of Long-PO's long forwards, so <= 0.5x needs more than the formula's attent
     python bench/solopo_vs_longpo.py [--steps 3] [--long-tokens 4096] [--rho 0.15]
         [--response-tokens 64] [--batch 2] [--loss-type dpo|simpo|orpo] [--model DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,11 @@ def pairs(case: str, args: argparse.Namespace, vocab: int) -> list:
         long = ids(long_len - short_len) + short
         chosen, rejected = ids(args.response_tokens), ids(args.response_tokens)
         if case.startswith("solopo"):
-            out.append(PreferenceExample(prompt_ids=short, chosen_ids=chosen, rejected_ids=[rejected],
-                                         long_prompt_ids=long, id=str(i)))
+            out.append(
+                PreferenceExample(
+                    prompt_ids=short, chosen_ids=chosen, rejected_ids=[rejected], long_prompt_ids=long, id=str(i)
+                )
+            )
         else:
             out.append(PreferenceExample(prompt_ids=long, chosen_ids=chosen, rejected_ids=[rejected], id=str(i)))
     return out
@@ -80,16 +84,27 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     def batch(learner):
         seqs = sequences(case, args)
         short, long = lengths(args)
-        extra = dict(prompt=long if case == "longpo" else short, seqs=len(seqs), tokens=sum(seqs),
-                     attn=sum(n * n for n in seqs) / 1e6)
+        extra = dict(
+            prompt=long if case == "longpo" else short,
+            seqs=len(seqs),
+            tokens=sum(seqs),
+            attn=sum(n * n for n in seqs) / 1e6,
+        )
         return pairs(case, args, len(learner.tokenizer)), extra
 
     alpha = 0 if case == "longpo" else 1
     staged = case == "solopo-staged"
-    return h.measure_case(args, [f"learner.train_batch_size={args.batch}",
-                                 f"learner.micro_train_batch_size={args.batch}",
-                                 f"algo.loss_type={args.loss_type}", f"algo.solo_ra.alpha={alpha}",
-                                 f"algo.solo_ra.staged_backward={str(staged).lower()}"], batch)
+    return h.measure_case(
+        args,
+        [
+            f"learner.train_batch_size={args.batch}",
+            f"learner.micro_train_batch_size={args.batch}",
+            f"algo.loss_type={args.loss_type}",
+            f"algo.solo_ra.alpha={alpha}",
+            f"algo.solo_ra.staged_backward={str(staged).lower()}",
+        ],
+        batch,
+    )
 
 
 def main() -> None:
@@ -106,19 +121,35 @@ def main() -> None:
         return
     s, staged, lp = rows
     short, long = lengths(args)
-    print(f"model: {args.model}  loss: {args.loss_type}  ZeRO-2, 1 CPU rank, {args.threads} threads, "
-          f"median of {args.steps} steps after 1 warm-up")
-    print(f"x_long {long} tokens, x_short {short} tokens (rho {short / long:.3f}), responses "
-          f"{args.response_tokens} tokens, {args.batch} pairs per step")
-    h.print_table(rows, ("SoLoPO", "SoLoPO staged", "Long-PO"), [("PO prompt", 11, "prompt", "d"), ("seqs", 6, "seqs", "d"),
-                                                ("tokens", 8, "tokens", "d"), ("sum L^2 (M)", 13, "attn", ".1f")])
-    print(f"(policy forwards per step; RSS before first step: SoLoPO {s['rss_before']:.0f} MiB, "
-          f"staged {staged['rss_before']:.0f} MiB, Long-PO {lp['rss_before']:.0f} MiB)")
+    print(
+        f"model: {args.model}  loss: {args.loss_type}  ZeRO-2, 1 CPU rank, {args.threads} threads, "
+        f"median of {args.steps} steps after 1 warm-up"
+    )
+    print(
+        f"x_long {long} tokens, x_short {short} tokens (rho {short / long:.3f}), responses "
+        f"{args.response_tokens} tokens, {args.batch} pairs per step"
+    )
+    h.print_table(
+        rows,
+        ("SoLoPO", "SoLoPO staged", "Long-PO"),
+        [
+            ("PO prompt", 11, "prompt", "d"),
+            ("seqs", 6, "seqs", "d"),
+            ("tokens", 8, "tokens", "d"),
+            ("sum L^2 (M)", 13, "attn", ".1f"),
+        ],
+    )
+    print(
+        f"(policy forwards per step; RSS before first step: SoLoPO {s['rss_before']:.0f} MiB, "
+        f"staged {staged['rss_before']:.0f} MiB, Long-PO {lp['rss_before']:.0f} MiB)"
+    )
     h.print_ratios(s, lp, "SoLoPO/Long-PO", 0.5)
     h.print_ratios(staged, lp, "staged/Long-PO", 0.5)
     rho = short / long
-    print(f"expected from shapes: tokens {s['tokens'] / lp['tokens']:.3f}x, sum L^2 {s['attn'] / lp['attn']:.3f}x "
-          f"(docs/algorithms.md (2 rho^2 + 1) / 2 = {(2 * rho * rho + 1) / 2:.3f}x)")
+    print(
+        f"expected from shapes: tokens {s['tokens'] / lp['tokens']:.3f}x, sum L^2 {s['attn'] / lp['attn']:.3f}x "
+        f"(docs/algorithms.md (2 rho^2 + 1) / 2 = {(2 * rho * rho + 1) / 2:.3f}x)"
+    )
 
 
 if __name__ == "__main__":

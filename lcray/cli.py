@@ -2,11 +2,12 @@
 `run(args) -> exit code`; adding one = import it and add a line to SUBCOMMANDS.
 Subcommand modules must stay cheap to import (heavy imports inside `run`) so `lcray --help` is fast.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from lcray import doctor
 from lcray.eval import runner as eval_runner

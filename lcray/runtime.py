@@ -1,6 +1,7 @@
 """The driver's runtime: Ray (embedded or the cluster it was submitted to), placement, and the
 three roles — rollout engines, scorers, the learner group — built from one config.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,11 @@ ACTOR_ENV = {
 
 def _demand(cfg: LcrayConfig) -> float:
     p = cfg.placement
-    return (cfg.learner.num_learners * cfg.learner.cpus_per_learner + cfg.rollout.num_engines * p.cpus_per_engine
-            + cfg.scorer.num_scorers * p.cpus_per_scorer)
+    return (
+        cfg.learner.num_learners * cfg.learner.cpus_per_learner
+        + cfg.rollout.num_engines * p.cpus_per_engine
+        + cfg.scorer.num_scorers * p.cpus_per_scorer
+    )
 
 
 def init_ray(cfg: LcrayConfig) -> None:
@@ -45,7 +49,14 @@ def init_ray(cfg: LcrayConfig) -> None:
     """
     if ray.is_initialized():
         return
-    env = {**ACTOR_ENV, **{k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR", "LCRAY_CACHE", "VLLM_CPU_KVCACHE_SPACE") if k in os.environ}}
+    env = {
+        **ACTOR_ENV,
+        **{
+            k: os.environ[k]
+            for k in ("TORCH_EXTENSIONS_DIR", "LCRAY_CACHE", "VLLM_CPU_KVCACHE_SPACE")
+            if k in os.environ
+        },
+    }
     address = os.environ.get("RAY_ADDRESS")
     if address:
         # Under `ray job submit` the job's runtime_env already reaches every actor, and Ray refuses
@@ -54,8 +65,9 @@ def init_ray(cfg: LcrayConfig) -> None:
         ray.init(address=address, runtime_env={"env_vars": extra} if extra else None, log_to_driver=True)
         return
     num_cpus = max(os.cpu_count() or 1, int(_demand(cfg) + 0.999))
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": env})
+    ray.init(
+        address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env}
+    )
 
 
 @dataclass
@@ -68,7 +80,9 @@ class Runtime:
     placement: Any
 
     @classmethod
-    def start(cls, cfg: LcrayConfig, *, total_steps: int, with_rollout: bool = True, with_scorers: bool = True) -> "Runtime":
+    def start(
+        cls, cfg: LcrayConfig, *, total_steps: int, with_rollout: bool = True, with_scorers: bool = True
+    ) -> Runtime:
         init_ray(cfg)
         model_path = resolve_model_path(cfg.model.name_or_path)  # builds/caches once, before actors need it
         placement = create_placement_groups(plan_placement(cfg))
@@ -80,17 +94,26 @@ class Runtime:
                 r = cfg.rollout
                 nccl = uses_nccl_sync(cfg)
                 rollout = RolloutPool.create(
-                    r.num_engines, str(model_path), backend=r.backend,
+                    r.num_engines,
+                    str(model_path),
+                    backend=r.backend,
                     actor_options=[placement.actor_options("rollout", i) for i in range(r.num_engines)],
-                    **_engine_kwargs(cfg), **({"weight_transfer": "nccl"} if nccl else {}),
+                    **_engine_kwargs(cfg),
+                    **({"weight_transfer": "nccl"} if nccl else {}),
                 )
                 if nccl:
                     learners.init_nccl_sync(rollout, r.tensor_parallel_size)
             if with_scorers:
                 s = cfg.scorer
-                scorers = ScorerPool.create(s.num_scorers, answer_kind=s.reward, f1_threshold=s.f1_threshold,
-                                            importance_kind=s.importance, reward_model_path=s.reward_model_path,
-                                            reward_threshold=s.reward_threshold, **placement.actor_options("scorer", 0))
+                scorers = ScorerPool.create(
+                    s.num_scorers,
+                    answer_kind=s.reward,
+                    f1_threshold=s.f1_threshold,
+                    importance_kind=s.importance,
+                    reward_model_path=s.reward_model_path,
+                    reward_threshold=s.reward_threshold,
+                    **placement.actor_options("scorer", 0),
+                )
         except BaseException:
             placement.remove()
             raise
@@ -114,8 +137,12 @@ def uses_nccl_sync(cfg: LcrayConfig) -> bool:
     LoRA (only the object-store path merges adapters)."""
     mode = cfg.rollout.weight_sync
     if mode == "auto":
-        return (cfg.rollout.backend == "vllm" and cfg.learner.gpus_per_learner > 0
-                and not cfg.placement.colocate and cfg.model.lora.r == 0)
+        return (
+            cfg.rollout.backend == "vllm"
+            and cfg.learner.gpus_per_learner > 0
+            and not cfg.placement.colocate
+            and cfg.model.lora.r == 0
+        )
     if mode == "nccl" and cfg.rollout.backend != "vllm":
         raise ValueError("rollout.weight_sync=nccl needs rollout.backend=vllm")
     return mode == "nccl"

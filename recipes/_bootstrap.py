@@ -1,5 +1,6 @@
 """Shared start-up for recipes: make `lcray` importable from a `ray job submit --working-dir .`
 upload (no install there), and set the process defaults lcray relies on."""
+
 from __future__ import annotations
 
 import logging

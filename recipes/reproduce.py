@@ -21,6 +21,7 @@ with the long and the short context. Outputs: <out>/results.json (raw per-method
 statistics), <docs>/RESULTS.md (table + settings + what held / what did not, judged by 95%
 bootstrap intervals) and <docs>/results.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,17 +31,30 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from _bootstrap import REPO, bootstrap
 
 bootstrap()
 
 from lcray.config import ConfigError, LcrayConfig, load_config, to_dict  # noqa: E402
-from lcray.eval.report import (BOOT_SEED, CONFIDENCE, METHODS, NUM_RESAMPLES, TRAINED, claims,  # noqa: E402
-                               method_stats, model_name, po_name, render_markdown, render_plot,
-                               scores_from_predictions, write_paragraph)
+from lcray.eval.report import (  # noqa: E402
+    BOOT_SEED,
+    CONFIDENCE,
+    METHODS,
+    NUM_RESAMPLES,
+    TRAINED,
+    claims,
+    method_stats,
+    model_name,
+    po_name,
+    render_markdown,
+    render_plot,
+    scores_from_predictions,
+    write_paragraph,
+)
 from lcray.utils.fs import atomic_write_text  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).with_name("reproduce.yaml")
@@ -51,23 +65,45 @@ PO_SETTINGS = {  # each PO's own knobs (the same for Long-PO and SoLoPO)
     "simpo": ["algo.beta=2.5", "algo.simpo_gamma=0.5"],
     "orpo": ["algo.beta=0.25"],  # ORPO's lambda (the demo's value)
 }
-LOGO_SETTINGS = ["algo.loss_type=logo", "algo.beta=2.5", "algo.simpo_gamma=0.25", "algo.nll_coef=0.1",
-                 "algo.logo.num_negatives=2", "algo.solo_ra.alpha=0"]  # paper: Mistral-7B beta/gamma, lambda 0.1, M 2
+LOGO_SETTINGS = [
+    "algo.loss_type=logo",
+    "algo.beta=2.5",
+    "algo.simpo_gamma=0.25",
+    "algo.nll_coef=0.1",
+    "algo.logo.num_negatives=2",
+    "algo.solo_ra.alpha=0",
+]  # paper: Mistral-7B beta/gamma, lambda 0.1, M 2
 
 # The tiny CI preset: a random model, so the gold answer is the letter pair "er" (some samples
 # contain it, some don't: pairs form); 2 steps, 4 held-out questions. A random model (almost)
 # never emits EOS, and a chosen answer must have ended on its own (make_pairs), so samples stop at
 # " 2", a string frequent in its output (about 2/3 of the prompts then yield a pair).
 CI_OVERRIDES = [
-    "model.name_or_path=tiny", "model.lora.r=8", "model.lora.alpha=16",
-    "data.short_context_tokens=200", "data.long_context_tokens=600", "data.chunk_tokens=64", "data.target_len=16384",
+    "model.name_or_path=tiny",
+    "model.lora.r=8",
+    "model.lora.alpha=16",
+    "data.short_context_tokens=200",
+    "data.long_context_tokens=600",
+    "data.chunk_tokens=64",
+    "data.target_len=16384",
     "data.synthetic_distractors=6",
-    "rollout.max_new_tokens=32", 'rollout.stop=[" 2"]', "rollout.temperature=1.0", "rollout.max_model_len=2048", "rollout.kv_cache_space_gb=1",
-    "learner.learning_rate=0.001", "learner.train_batch_size=2", "learner.cpus_per_learner=1",
+    "rollout.max_new_tokens=32",
+    'rollout.stop=[" 2"]',
+    "rollout.temperature=1.0",
+    "rollout.max_model_len=2048",
+    "rollout.kv_cache_space_gb=1",
+    "learner.learning_rate=0.001",
+    "learner.train_batch_size=2",
+    "learner.cpus_per_learner=1",
     "placement.cpus_per_engine=1",
-    "logo_data.context_chunks=6", "logo_data.max_new_tokens=16", "logo_data.shard_size=8",
-    "solopo.prompts_per_iteration=8", "solopo.num_eval_prompts=4", "solopo.eval_max_new_tokens=8",
-    "trainer.max_steps=2", "logging.progress_bar=false",
+    "logo_data.context_chunks=6",
+    "logo_data.max_new_tokens=16",
+    "logo_data.shard_size=8",
+    "solopo.prompts_per_iteration=8",
+    "solopo.num_eval_prompts=4",
+    "solopo.eval_max_new_tokens=8",
+    "trainer.max_steps=2",
+    "logging.progress_bar=false",
 ]
 CI_TRAIN_RECORDS, CI_EVAL_RECORDS, CI_SEEDS = 16, 4, (0, 1)
 
@@ -89,7 +125,12 @@ def method_overrides(method: str, po: str) -> list[str]:
     if method == "long-po":
         return [f"algo.loss_type={po}", *PO_SETTINGS[po], "solopo.long_po=true", "algo.solo_ra.alpha=0"]
     if method == "solopo":
-        return [f"algo.loss_type={po}", *PO_SETTINGS[po], "solopo.long_po=false", f"algo.solo_ra.alpha={PAPER_ALPHA[po]}"]
+        return [
+            f"algo.loss_type={po}",
+            *PO_SETTINGS[po],
+            "solopo.long_po=false",
+            f"algo.solo_ra.alpha={PAPER_ALPHA[po]}",
+        ]
     if method == "logo":
         return list(LOGO_SETTINGS)
     raise ValueError(f"no trainer for method {method!r}")
@@ -97,8 +138,14 @@ def method_overrides(method: str, po: str) -> list[str]:
 
 def run_dir_overrides(out: Path, method: str, *, eval_before: bool) -> list[str]:
     d = out / method
-    return [f"trainer.output_dir={d}", f"ckpt.path={d}/ckpt", f"logging.logdir={d}/tb",
-            f"logo_data.output_dir={d}/data", f"trainer.eval_before={str(eval_before).lower()}", "ckpt.resume=false"]
+    return [
+        f"trainer.output_dir={d}",
+        f"ckpt.path={d}/ckpt",
+        f"logging.logdir={d}/tb",
+        f"logo_data.output_dir={d}/data",
+        f"trainer.eval_before={str(eval_before).lower()}",
+        "ckpt.resume=false",
+    ]
 
 
 def write_ci_data(out: Path) -> list[str]:
@@ -107,12 +154,18 @@ def write_ci_data(out: Path) -> list[str]:
     from lcray.data.synthetic import make_synthetic_records
 
     d = out / "data"
-    train = [dataclasses.replace(r, answers=["er"])
-             for r in make_synthetic_records(CI_TRAIN_RECORDS, seed=CI_SEEDS[0], num_support=1, num_distractors=6,
-                                            entity_pool="train")]
-    evals = [dataclasses.replace(r, answers=["er"])
-             for r in make_synthetic_records(CI_EVAL_RECORDS, seed=CI_SEEDS[1], num_support=1, num_distractors=6,
-                                            entity_pool="test")]
+    train = [
+        dataclasses.replace(r, answers=["er"])
+        for r in make_synthetic_records(
+            CI_TRAIN_RECORDS, seed=CI_SEEDS[0], num_support=1, num_distractors=6, entity_pool="train"
+        )
+    ]
+    evals = [
+        dataclasses.replace(r, answers=["er"])
+        for r in make_synthetic_records(
+            CI_EVAL_RECORDS, seed=CI_SEEDS[1], num_support=1, num_distractors=6, entity_pool="test"
+        )
+    ]
     write_records(train, d / "train.jsonl")
     write_records(evals, d / "eval.jsonl")
     return [f"data.train_path={d / 'train.jsonl'}", f"data.eval_path={d / 'eval.jsonl'}"]
@@ -127,14 +180,19 @@ def estimate_minutes(cfg: LcrayConfig, methods: Sequence[str], speed: str = "mid
     trained = [m for m in TRAINED if m in methods]
     eval_min = EVAL_MIN_PER_Q_TOKEN * s.num_eval_prompts * (d.short_context_tokens + d.long_context_tokens)
     logo_tokens = (1 + cfg.algo.logo.num_negatives) * cfg.logo_data.context_chunks * d.chunk_tokens
-    tokens = {"long-po": 2 * d.long_context_tokens, "solopo": 2 * d.short_context_tokens + d.long_context_tokens,
-              "logo": logo_tokens}
+    tokens = {
+        "long-po": 2 * d.long_context_tokens,
+        "solopo": 2 * d.short_context_tokens + d.long_context_tokens,
+        "logo": logo_tokens,
+    }
     step_s = {m: (0.0 if m == "logo" else rollout_s) + learner_s * tokens[m] / LEARNER_REF_TOKENS for m in trained}
     plan = {
         "start-up": STARTUP_MIN * max(len(trained), 1),
         "eval": eval_min * (len(trained) + ("base" in methods)),
-        **{f"train {m} ({steps} steps x ~{step_s[m] * batch / 4:.0f} s)": steps * step_s[m] * batch / 4 / 60
-           for m in trained},
+        **{
+            f"train {m} ({steps} steps x ~{step_s[m] * batch / 4:.0f} s)": steps * step_s[m] * batch / 4 / 60
+            for m in trained
+        },
     }
     if "logo" in trained:
         plan["LOGO data build"] = LOGO_BUILD_S_PER_RECORD * d.num_synthetic_train / 60
@@ -148,38 +206,44 @@ def settings_items(cfg: LcrayConfig, args: argparse.Namespace, prompt_tokens: di
     n_train = CI_TRAIN_RECORDS if args.preset == "ci" else d.num_synthetic_train
     seeds = CI_SEEDS if args.preset == "ci" else (d.seed, d.seed + 10_000)  # as load_qa_records draws them
     return {
-        "Model": (f"{model_name(cfg.model.name_or_path)} ({cfg.model.dtype}), LoRA r={lo.r} alpha={lo.alpha} on "
-                  f"{'/'.join(lo.target_modules)}") if lo.r else f"{model_name(cfg.model.name_or_path)} (full fine-tuning)",
+        "Model": (
+            f"{model_name(cfg.model.name_or_path)} ({cfg.model.dtype}), LoRA r={lo.r} alpha={lo.alpha} on "
+            f"{'/'.join(lo.target_modules)}"
+        )
+        if lo.r
+        else f"{model_name(cfg.model.name_or_path)} (full fine-tuning)",
         "Equal budget (every trained method)": f"{cfg.trainer.max_steps} optimizer steps x {lr.train_batch_size} "
-                                                f"examples, lr {lr.learning_rate:g} ({lr.lr_scheduler_type}), "
-                                                f"ZeRO-{lr.zero_stage}, seed {cfg.trainer.seed}",
-        "Data": ("synthetic multi-document QA" + ("" if not d.train_path else f" (files {d.train_path}, {d.eval_path})"))
-                + f", {d.synthetic_hops}-hop; train: {n_train} "
-                  f"questions (seed {seeds[0]}, 'train' entity pool); held-out: {cfg.solopo.num_eval_prompts} "
-                  f"questions (seed {seeds[1]}, disjoint 'test' entity pool)"
-                + ("; gold answer replaced by \"er\" (random tiny model)" if args.preset == "ci" else ""),
+        f"examples, lr {lr.learning_rate:g} ({lr.lr_scheduler_type}), "
+        f"ZeRO-{lr.zero_stage}, seed {cfg.trainer.seed}",
+        "Data": (
+            "synthetic multi-document QA" + ("" if not d.train_path else f" (files {d.train_path}, {d.eval_path})")
+        )
+        + f", {d.synthetic_hops}-hop; train: {n_train} "
+        f"questions (seed {seeds[0]}, 'train' entity pool); held-out: {cfg.solopo.num_eval_prompts} "
+        f"questions (seed {seeds[1]}, disjoint 'test' entity pool)"
+        + ('; gold answer replaced by "er" (random tiny model)' if args.preset == "ci" else ""),
         "Context lengths": f"short = the supporting document(s): {prompt_tokens['short']:.0f} prompt tokens on average "
-                           f"(cap {d.short_context_tokens}); long = the same plus distractors: "
-                           f"{prompt_tokens['long']:.0f} prompt tokens (target {d.long_context_tokens}); "
-                           f"mean rho {prompt_tokens['rho']:.2f}",
+        f"(cap {d.short_context_tokens}); long = the same plus distractors: "
+        f"{prompt_tokens['long']:.0f} prompt tokens (target {d.long_context_tokens}); "
+        f"mean rho {prompt_tokens['rho']:.2f}",
         "Rollout (Long-PO, SoLoPO)": f"{cfg.solopo.prompts_per_iteration} short prompts x "
-                                     f"{cfg.rollout.n_samples_per_prompt} samples per iteration, T "
-                                     f"{cfg.rollout.temperature}, top-p {cfg.rollout.top_p}, <= "
-                                     f"{cfg.rollout.max_new_tokens} new tokens, sub-EM labels, "
-                                     f"{cfg.solopo.max_pairs_per_prompt} pair per prompt",
-        f"Long-{po_name(po)} / SoLo-{po_name(po)}":
-            f"{po_name(po)} with {', '.join(PO_SETTINGS[po])}; Long-PO: PO on the long context, alpha 0; "
-            f"SoLoPO: PO on the short context + SoLo-RA alpha {PAPER_ALPHA[po]:g} (paper), distance {a.solo_ra.distance}",
+        f"{cfg.rollout.n_samples_per_prompt} samples per iteration, T "
+        f"{cfg.rollout.temperature}, top-p {cfg.rollout.top_p}, <= "
+        f"{cfg.rollout.max_new_tokens} new tokens, sub-EM labels, "
+        f"{cfg.solopo.max_pairs_per_prompt} pair per prompt",
+        f"Long-{po_name(po)} / SoLo-{po_name(po)}": f"{po_name(po)} with {', '.join(PO_SETTINGS[po])}; "
+        "Long-PO: PO on the long context, alpha 0; "
+        f"SoLoPO: PO on the short context + SoLo-RA alpha {PAPER_ALPHA[po]:g} (paper), distance {a.solo_ra.distance}",
         "LOGO": f"{', '.join(s for s in LOGO_SETTINGS if 'solo_ra' not in s)}; data: {d.chunk_tokens}-token chunks, "
-                f"{cfg.logo_data.num_relevant} relevant / {cfg.logo_data.num_partial} partial, "
-                f"{cfg.logo_data.context_chunks}-chunk training context over a {d.target_len}-position window, "
-                f"{cfg.scorer.importance} chunk importance",
+        f"{cfg.logo_data.num_relevant} relevant / {cfg.logo_data.num_partial} partial, "
+        f"{cfg.logo_data.context_chunks}-chunk training context over a {d.target_len}-position window, "
+        f"{cfg.scorer.importance} chunk importance",
         "Eval": f"greedy, <= {cfg.solopo.eval_max_new_tokens} new tokens, sub-EM on the extracted answer; "
-                f"base = the untrained model (eval_before of the first run)",
+        f"base = the untrained model (eval_before of the first run)",
         "Statistics": f"percentile bootstrap over questions, {NUM_RESAMPLES} resamples, {int(CONFIDENCE * 100)}%, "
-                      f"seed {BOOT_SEED}; differences are paired (same questions resampled for both methods)",
+        f"seed {BOOT_SEED}; differences are paired (same questions resampled for both methods)",
         "Runtime": f"{cfg.rollout.backend} rollout engine, DeepSpeed learner on CPU, embedded Ray; "
-                   f"train time = rollout + training steps without eval; memory = learner peak RSS",
+        f"train time = rollout + training steps without eval; memory = learner peak RSS",
     }
 
 
@@ -190,7 +254,7 @@ def timed_logo_trainer() -> type:
     from lcray.trainers.logo import LOGOTrainer
 
     class TimedLOGOTrainer(LOGOTrainer):
-        data_build_seconds: Optional[float] = None
+        data_build_seconds: float | None = None
 
         def setup(self, rt: Any) -> None:
             t0 = time.perf_counter()
@@ -200,15 +264,23 @@ def timed_logo_trainer() -> type:
     return TimedLOGOTrainer
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=("full", "ci"), default="full",
-                   help="full: SmolLM2-135M (~40 min on 2 cores); ci: the tiny random model, 2 steps")
+    p.add_argument(
+        "--preset",
+        choices=("full", "ci"),
+        default="full",
+        help="full: SmolLM2-135M (~40 min on 2 cores); ci: the tiny random model, 2 steps",
+    )
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--po", choices=PO_CHOICES, default="orpo", help="the PO of Long-PO and SoLoPO (default orpo)")
-    p.add_argument("--out", default="outputs/reproduce", help="run folders and results.json (default outputs/reproduce)")
+    p.add_argument(
+        "--out", default="outputs/reproduce", help="run folders and results.json (default outputs/reproduce)"
+    )
     p.add_argument("--docs", default=str(REPO / "docs"), help="where RESULTS.md and results.png go (default docs/)")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="shared settings YAML (default recipes/reproduce.yaml)")
+    p.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="shared settings YAML (default recipes/reproduce.yaml)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the settings and the planned budget, then exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every method")
     args = p.parse_args(argv)
@@ -228,10 +300,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def print_plan(cfg: LcrayConfig, args: argparse.Namespace) -> None:
     runs = [m for m in TRAINED if m in args.methods] or ["base-eval"]
     print(f"\n=== reproduce: preset {args.preset}, PO {args.po}, methods {', '.join(args.methods)} ===")
-    print(f"model {cfg.model.name_or_path}, LoRA r={cfg.model.lora.r}, lr {cfg.learner.learning_rate:g}, "
-          f"{cfg.trainer.max_steps} steps x batch {cfg.learner.train_batch_size} per method; contexts "
-          f"~{cfg.data.short_context_tokens} (cap) / ~{cfg.data.long_context_tokens} tokens; "
-          f"{cfg.solopo.num_eval_prompts} held-out questions; trainer runs: {', '.join(runs)}")
+    print(
+        f"model {cfg.model.name_or_path}, LoRA r={cfg.model.lora.r}, lr {cfg.learner.learning_rate:g}, "
+        f"{cfg.trainer.max_steps} steps x batch {cfg.learner.train_batch_size} per method; contexts "
+        f"~{cfg.data.short_context_tokens} (cap) / ~{cfg.data.long_context_tokens} tokens; "
+        f"{cfg.solopo.num_eval_prompts} held-out questions; trainer runs: {', '.join(runs)}"
+    )
     if args.preset == "full":
         plan = estimate_minutes(cfg, args.methods)
         print("planned budget (2-core CPU estimate):")
@@ -246,7 +320,7 @@ def print_plan(cfg: LcrayConfig, args: argparse.Namespace) -> None:
     print(f"outputs: {Path(args.out).resolve()}  docs: {Path(args.docs).resolve()}\n", flush=True)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import ray
 
     args = parse_args(argv)
@@ -272,44 +346,65 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     golds = prompt_tokens = None
     try:
         # Only base asked for: an untrained run (0 steps) evaluates the model once.
-        plan = [(m, method_overrides(m, args.po)) for m in runs] or \
-               [("base-eval", method_overrides("long-po", args.po) + ["trainer.max_steps=0"])]
+        plan = [(m, method_overrides(m, args.po)) for m in runs] or [
+            ("base-eval", method_overrides("long-po", args.po) + ["trainer.max_steps=0"])
+        ]
         for i, (method, extra) in enumerate(plan):
             eval_before = i == 0 and "base" in args.methods and method != "base-eval"
-            cfg = load_config(args.config, [*args.base_overrides, *extra,
-                                            *run_dir_overrides(out, method, eval_before=eval_before)])
+            cfg = load_config(
+                args.config, [*args.base_overrides, *extra, *run_dir_overrides(out, method, eval_before=eval_before)]
+            )
             trainer = (LOGOTrainer if method == "logo" else SoLoPOTrainer)(cfg)
             if golds is None:
                 golds = [p.answers for p in trainer.eval_prompts]
                 n = max(len(trainer.eval_prompts), 1)
-                prompt_tokens = {"short": sum(len(p.short_ids) for p in trainer.eval_prompts) / n,
-                                 "long": sum(len(p.long_ids) for p in trainer.eval_prompts) / n,
-                                 "rho": sum(p.rho for p in trainer.eval_prompts) / n}
+                prompt_tokens = {
+                    "short": sum(len(p.short_ids) for p in trainer.eval_prompts) / n,
+                    "long": sum(len(p.long_ids) for p in trainer.eval_prompts) / n,
+                    "rho": sum(p.rho for p in trainer.eval_prompts) / n,
+                }
             print(f"--- [{i + 1}/{len(plan)}] {method}: {out / method}", flush=True)
             t0 = time.perf_counter()
             summary = trainer.run()
             summary["run_seconds"] = time.perf_counter() - t0
             summary["data_build_seconds"] = getattr(trainer, "data_build_seconds", None)
-            print(f"--- {method}: done in {summary['run_seconds'] / 60:.1f} min; long sub-EM "
-                  f"{summary['eval_after']['sub_em_long']:.3f}, short {summary['eval_after']['sub_em_short']:.3f}",
-                  flush=True)
+            print(
+                f"--- {method}: done in {summary['run_seconds'] / 60:.1f} min; long sub-EM "
+                f"{summary['eval_after']['sub_em_long']:.3f}, short {summary['eval_after']['sub_em_short']:.3f}",
+                flush=True,
+            )
             if method == "base-eval":
-                summary = {**summary, "eval_before": summary["eval_after"],
-                           "predictions_before": summary["predictions_after"]}
+                summary = {
+                    **summary,
+                    "eval_before": summary["eval_after"],
+                    "predictions_before": summary["predictions_after"],
+                }
             if method == "base-eval" or eval_before:
                 before_scores = summary.get("scores_before") or {
-                    ctx: scores_from_predictions(summary["predictions_before"][ctx], golds) for ctx in ("short", "long")}
-                summaries["base"] = {"source": "base-eval (0 steps)" if method == "base-eval" else f"{method}.eval_before",
-                                     "eval": summary["eval_before"],
-                                     "predictions": summary["predictions_before"], "scores": before_scores}
-                results["base"] = {"scores": before_scores, "train_seconds": None, "learner_peak_rss_mb": None,
-                                   "steps": 0}
+                    ctx: scores_from_predictions(summary["predictions_before"][ctx], golds) for ctx in ("short", "long")
+                }
+                summaries["base"] = {
+                    "source": "base-eval (0 steps)" if method == "base-eval" else f"{method}.eval_before",
+                    "eval": summary["eval_before"],
+                    "predictions": summary["predictions_before"],
+                    "scores": before_scores,
+                }
+                results["base"] = {
+                    "scores": before_scores,
+                    "train_seconds": None,
+                    "learner_peak_rss_mb": None,
+                    "steps": 0,
+                }
             if method != "base-eval":
                 summaries[method] = summary
-                results[method] = {"scores": summary["scores_after"], "train_seconds": summary["train_seconds"],
-                                   "learner_peak_rss_mb": summary["learner_peak_rss_mb"], "steps": summary["steps"],
-                                   "run_seconds": summary["run_seconds"],
-                                   "data_build_seconds": summary["data_build_seconds"]}
+                results[method] = {
+                    "scores": summary["scores_after"],
+                    "train_seconds": summary["train_seconds"],
+                    "learner_peak_rss_mb": summary["learner_peak_rss_mb"],
+                    "steps": summary["steps"],
+                    "run_seconds": summary["run_seconds"],
+                    "data_build_seconds": summary["data_build_seconds"],
+                }
             # Partial results survive a later crash.
             atomic_write_text(out / "results.json", json.dumps({"partial": True, "summaries": summaries}, indent=2))
     finally:
@@ -320,15 +415,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     for m, r in results.items():
         r.update(method_stats(r["scores"], None if m == "base" or base is None else base))
     report = {
-        "preset": args.preset, "po": args.po, "methods_requested": args.methods,
+        "preset": args.preset,
+        "po": args.po,
+        "methods_requested": args.methods,
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "wall_minutes": (time.perf_counter() - t_start) / 60,
         "methods": {m: results[m] for m in METHODS if m in results},
         "summaries": {m: summaries[m] for m in METHODS if m in summaries},
         "config": to_dict(shared),  # each run's own config: <out>/<method>/config.yaml
         "settings": {
-            "model": shared.model.name_or_path, "eval_questions": len(golds), "steps": shared.trainer.max_steps,
-            "short_prompt_tokens": prompt_tokens["short"], "long_prompt_tokens": prompt_tokens["long"],
+            "model": shared.model.name_or_path,
+            "eval_questions": len(golds),
+            "steps": shared.trainer.max_steps,
+            "short_prompt_tokens": prompt_tokens["short"],
+            "long_prompt_tokens": prompt_tokens["long"],
             "machine": f"{os.cpu_count()}-core {platform.machine()} CPU ({platform.system()})",
             "items": settings_items(shared, args, prompt_tokens),
         },

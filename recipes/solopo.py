@@ -3,10 +3,12 @@
 
     python recipes/solopo.py                                  # the demo: embedded Ray, SmolLM2 on CPU
     python recipes/solopo.py --config recipes/solopo.yaml algo.loss_type=dpo algo.solo_ra.alpha=3
-    ray job submit --address http://HEAD:8265 --working-dir . -- python recipes/solopo.py --config recipes/qwen2.5-7b-solopo.yaml
+    ray job submit --address http://HEAD:8265 --working-dir . \\
+        -- python recipes/solopo.py --config recipes/qwen2.5-7b-solopo.yaml
 
 Every config key can be overridden as key=value (see `--help`).
 """
+
 from __future__ import annotations
 
 import sys
@@ -25,9 +27,14 @@ DEFAULT_CONFIG = Path(__file__).with_name("solopo.yaml")
 def print_summary(s: dict) -> None:
     b, a = s["eval_before"], s["eval_after"]
     print("\n=== SoLoPO summary ===")
-    print(f"{s['workload']}: steps: {s['steps']}   pairs: {s['pairs']} from {s['prompts']} prompts "
-          f"({s['prompts_with_pair']} had a correct/incorrect contrast; {s['samples']} samples)")
-    print(f"long-context sub-EM:  {b.get('sub_em_long', float('nan')):.3f} -> {a['sub_em_long']:.3f}   (held-out, rho ~ {s['mean_rho']:.2f})")
+    print(
+        f"{s['workload']}: steps: {s['steps']}   pairs: {s['pairs']} from {s['prompts']} prompts "
+        f"({s['prompts_with_pair']} had a correct/incorrect contrast; {s['samples']} samples)"
+    )
+    print(
+        f"long-context sub-EM:  {b.get('sub_em_long', float('nan')):.3f} -> {a['sub_em_long']:.3f}   "
+        f"(held-out, rho ~ {s['mean_rho']:.2f})"
+    )
     print(f"short-context sub-EM: {b.get('sub_em_short', float('nan')):.3f} -> {a['sub_em_short']:.3f}")
     print(f"TensorBoard logs:     {s['tensorboard']}   (tensorboard --logdir {s['tensorboard']})")
     print(f"final HF model:       {s['final_model']}")

@@ -24,8 +24,13 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+        )
     return ray
 
 
@@ -58,7 +63,9 @@ def make_examples(tiny_model_dir):
                 prompt_ids=enc(f"Document {i}: The capital of Norland{i} is Velmora. Question: capital of Norland{i}?"),
                 chosen_ids=enc(" Velmora"),
                 rejected_ids=[enc(f" Kastor {i % 7}")],
-                long_prompt_ids=enc(f"Filler {i}. " * 12 + f"The capital of Norland{i} is Velmora. Question: capital of Norland{i}?"),
+                long_prompt_ids=enc(
+                    f"Filler {i}. " * 12 + f"The capital of Norland{i} is Velmora. Question: capital of Norland{i}?"
+                ),
             )
             for i in range(offset, offset + n)
         ]

@@ -1,9 +1,10 @@
 """lcray.config: defaults, YAML + dotted overrides, type/key errors, validation, atomic save."""
+
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -48,7 +49,9 @@ def test_default_lists_are_not_shared():
 
 # ----------------------------------------------------------------------------- YAML + overrides
 def test_yaml_load_and_nested_override(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 learner:
   zero_stage: 3
   learning_rate: 1.0e-6
@@ -58,7 +61,8 @@ algo:
     alpha: 0.5
 rollout:
   stop: ["</s>"]
-""")
+""",
+    )
     cfg = load_config(path, ["algo.solo_ra.distance=squared", "learner.zero_stage=1"])
     assert cfg.learner.zero_stage == 1  # override wins over the file
     assert cfg.learner.learning_rate == pytest.approx(1e-6)
@@ -82,16 +86,19 @@ def test_yaml_scientific_notation_without_dot_is_a_float(tmp_path):
 
 
 def test_override_types():
-    cfg = load_config(None, [
-        "learner.zero_stage=3",          # int
-        "algo.solo_ra.alpha=1",          # float field given an int
-        "logging.progress_bar='false'",  # bool from the string "false"
-        "rollout.overlap=true",          # bool
-        'rollout.stop=["\\n", "###"]',   # list of str, with a YAML escape
-        "learner.adam_betas=[0.8, 0]",   # list of float, int element promoted
-        "data.train_path=null",          # Optional
-        "ckpt.path=2024",                # str field keeps numeric-looking text as a string
-    ])
+    cfg = load_config(
+        None,
+        [
+            "learner.zero_stage=3",  # int
+            "algo.solo_ra.alpha=1",  # float field given an int
+            "logging.progress_bar='false'",  # bool from the string "false"
+            "rollout.overlap=true",  # bool
+            'rollout.stop=["\\n", "###"]',  # list of str, with a YAML escape
+            "learner.adam_betas=[0.8, 0]",  # list of float, int element promoted
+            "data.train_path=null",  # Optional
+            "ckpt.path=2024",  # str field keeps numeric-looking text as a string
+        ],
+    )
     assert cfg.learner.zero_stage == 3 and type(cfg.learner.zero_stage) is int
     assert cfg.algo.solo_ra.alpha == 1.0 and type(cfg.algo.solo_ra.alpha) is float
     assert cfg.logging.progress_bar is False and cfg.rollout.overlap is True
@@ -179,25 +186,28 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------- validation
-@pytest.mark.parametrize("override, key", [
-    ("learner.zero_stage=5", "learner.zero_stage"),
-    ("algo.beta=0", "algo.beta"),
-    ("algo.label_smoothing=0.5", "algo.label_smoothing"),
-    ("algo.nll_coef=-1", "algo.nll_coef"),
-    ("algo.solo_ra.alpha=-0.1", "algo.solo_ra.alpha"),
-    ("algo.logo.num_negatives=0", "algo.logo.num_negatives"),
-    ("rollout.num_engines=0", "rollout.num_engines"),
-    ("learner.num_learners=0", "learner.num_learners"),
-    ("rollout.top_p=0", "rollout.top_p"),
-    ("rollout.top_p=1.5", "rollout.top_p"),
-    ("rollout.temperature=-1", "rollout.temperature"),
-    ("rollout.n_samples_per_prompt=1", "rollout.n_samples_per_prompt"),
-    ("rollout.gpu_memory_utilization=0", "rollout.gpu_memory_utilization"),
-    ("rollout.gpu_memory_utilization=1.1", "rollout.gpu_memory_utilization"),
-    ("rollout.sync_every=0", "rollout.sync_every"),
-    ("model.lora.r=-1", "model.lora.r"),
-    ("ckpt.keep_last=0", "ckpt.keep_last"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("learner.zero_stage=5", "learner.zero_stage"),
+        ("algo.beta=0", "algo.beta"),
+        ("algo.label_smoothing=0.5", "algo.label_smoothing"),
+        ("algo.nll_coef=-1", "algo.nll_coef"),
+        ("algo.solo_ra.alpha=-0.1", "algo.solo_ra.alpha"),
+        ("algo.logo.num_negatives=0", "algo.logo.num_negatives"),
+        ("rollout.num_engines=0", "rollout.num_engines"),
+        ("learner.num_learners=0", "learner.num_learners"),
+        ("rollout.top_p=0", "rollout.top_p"),
+        ("rollout.top_p=1.5", "rollout.top_p"),
+        ("rollout.temperature=-1", "rollout.temperature"),
+        ("rollout.n_samples_per_prompt=1", "rollout.n_samples_per_prompt"),
+        ("rollout.gpu_memory_utilization=0", "rollout.gpu_memory_utilization"),
+        ("rollout.gpu_memory_utilization=1.1", "rollout.gpu_memory_utilization"),
+        ("rollout.sync_every=0", "rollout.sync_every"),
+        ("model.lora.r=-1", "model.lora.r"),
+        ("ckpt.keep_last=0", "ckpt.keep_last"),
+    ],
+)
 def test_validation_errors_name_the_key(override, key):
     with pytest.raises(ConfigError) as exc:
         load_config(None, [override])
@@ -207,9 +217,18 @@ def test_validation_errors_name_the_key(override, key):
 
 
 def test_validation_boundaries_are_accepted():
-    load_config(None, ["learner.zero_stage=0", "learner.zero_stage=3", "rollout.top_p=1",
-                       "rollout.gpu_memory_utilization=1", "rollout.temperature=0",
-                       "rollout.n_samples_per_prompt=2", "algo.label_smoothing=0.49"])
+    load_config(
+        None,
+        [
+            "learner.zero_stage=0",
+            "learner.zero_stage=3",
+            "rollout.top_p=1",
+            "rollout.gpu_memory_utilization=1",
+            "rollout.temperature=0",
+            "rollout.n_samples_per_prompt=2",
+            "algo.label_smoothing=0.49",
+        ],
+    )
 
 
 def test_validation_error_names_the_file(tmp_path):
@@ -223,8 +242,9 @@ def test_batch_divisibility():
         load_config(None, ["learner.num_learners=3"])  # 8 % (1*3) != 0
     with pytest.raises(ConfigError, match=r"learner\.train_batch_size"):
         load_config(None, ["learner.micro_train_batch_size=3"])
-    cfg = load_config(None, ["learner.num_learners=2", "learner.micro_train_batch_size=2",
-                             "learner.train_batch_size=12"])
+    cfg = load_config(
+        None, ["learner.num_learners=2", "learner.micro_train_batch_size=2", "learner.train_batch_size=12"]
+    )
     assert cfg.learner.train_batch_size == 12
 
 
@@ -237,9 +257,18 @@ def test_direct_validate_on_mutated_config():
 
 # ----------------------------------------------------------------------------- save / load
 def test_save_load_round_trip(tmp_path):
-    cfg = load_config(None, ['rollout.stop=["\\n", "</s>"]', "learner.learning_rate=3e-7",
-                             "algo.loss_type=dpo", "model.rope_theta=500000", "data.train_path=a b.jsonl",
-                             "learner.zero_stage=3", "algo.solo_ra.alpha=0.25"])
+    cfg = load_config(
+        None,
+        [
+            'rollout.stop=["\\n", "</s>"]',
+            "learner.learning_rate=3e-7",
+            "algo.loss_type=dpo",
+            "model.rope_theta=500000",
+            "data.train_path=a b.jsonl",
+            "learner.zero_stage=3",
+            "algo.solo_ra.alpha=0.25",
+        ],
+    )
     path = save_config(cfg, tmp_path / "sub" / "saved.yaml")
     again = load_config(path)
     assert again == cfg
@@ -261,7 +290,7 @@ def test_failed_save_keeps_old_file_and_no_temp(tmp_path):
     before = path.read_text()
     bad = LcrayConfig()
     bad.model.name_or_path = object()  # not YAML-serialisable: dumping fails midway
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever the YAML dumper raises; the file must survive it
         save_config(bad, path)
     assert path.read_text() == before
     assert sorted(os.listdir(tmp_path)) == ["cfg.yaml"]
@@ -276,7 +305,7 @@ class _Inner:
 @dataclasses.dataclass
 class _Outer:
     mode: Literal["a", "b"] = "a"
-    maybe: Optional[float] = None
+    maybe: float | None = None
     flag: bool = False
     inner: _Inner = dataclasses.field(default_factory=_Inner)
 

@@ -67,8 +67,9 @@ def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.slow
 def test_real_cli_starts_vllm_and_ray() -> None:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "lcray.cli", "doctor"], capture_output=True, text=True,
-                          timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lcray.cli", "doctor"], capture_output=True, text=True, timeout=600, env=env
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "vllm" in proc.stdout and "OK" in proc.stdout
     assert "[ OK ] vllm engine start" in proc.stdout and "[ OK ] ray local cluster" in proc.stdout

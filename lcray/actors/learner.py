@@ -1,10 +1,12 @@
 """LearnerActor: one DeepSpeed rank in a Ray actor; LearnerGroup: K of them forming one
 torch.distributed world (rank 0 publishes the rendezvous address, as OpenRLHF does).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ray
 
@@ -32,7 +34,12 @@ class LearnerWorker:
 
         backend = init_process_group(self.rank, self.world_size, master_addr, master_port, self.cfg.learner.backend)
         self.learner = PolicyLearner(self.cfg, total_steps=total_steps)
-        return {"rank": self.rank, "backend": backend, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+        return {
+            "rank": self.rank,
+            "backend": backend,
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
+        }
 
     def train_step(self, examples: list[PreferenceExample]) -> dict[str, float]:
         return self.learner.train_step(examples)
@@ -45,13 +52,20 @@ class LearnerWorker:
         state = self.learner.export_state_dict()
         return None if state is None else [ray.put(state)]
 
-    def init_nccl_sync(self, rollout_handles: list, master_address: str, master_port: int, num_engine_workers: int) -> None:
+    def init_nccl_sync(
+        self, rollout_handles: list, master_address: str, master_port: int, num_engine_workers: int
+    ) -> None:
         """GPU clusters: join vLLM's NCCL weight-transfer group (rank 0 sends)."""
         from lcray.actors.weight_sync import init_nccl_sender
 
-        self.nccl_sender = init_nccl_sender(self.learner.engine.module, rank=self.rank, rollout_handles=rollout_handles,
-                                            master_address=master_address, master_port=master_port,
-                                            num_engine_workers=num_engine_workers)
+        self.nccl_sender = init_nccl_sender(
+            self.learner.engine.module,
+            rank=self.rank,
+            rollout_handles=rollout_handles,
+            master_address=master_address,
+            master_port=master_port,
+            num_engine_workers=num_engine_workers,
+        )
 
     def send_weights_nccl(self) -> None:
         self.nccl_sender.send_weights()
@@ -81,9 +95,13 @@ LearnerActor = ray.remote(LearnerWorker)
 class LearnerGroup:
     """K learner actors = one data-parallel DeepSpeed world, driven as one learner."""
 
-    def __init__(self, cfg: LcrayConfig, *, total_steps: int | None = None, actor_options: list[dict] | None = None) -> None:
+    def __init__(
+        self, cfg: LcrayConfig, *, total_steps: int | None = None, actor_options: list[dict] | None = None
+    ) -> None:
         k = cfg.learner.num_learners
-        opts = actor_options or [{"num_cpus": cfg.learner.cpus_per_learner, "num_gpus": cfg.learner.gpus_per_learner} for _ in range(k)]
+        opts = actor_options or [
+            {"num_cpus": cfg.learner.cpus_per_learner, "num_gpus": cfg.learner.gpus_per_learner} for _ in range(k)
+        ]
         cfg_dict = to_dict(cfg)
         self.world_size = k
         self.actors = [LearnerActor.options(**opts[r]).remote(cfg_dict, r, k) for r in range(k)]
@@ -100,7 +118,7 @@ class LearnerGroup:
         if len(examples) % self.world_size:
             raise ValueError(f"global batch of {len(examples)} examples does not split over {self.world_size} learners")
         shard = len(examples) // self.world_size
-        refs = [a.train_step.remote(list(examples[r * shard:(r + 1) * shard])) for r, a in enumerate(self.actors)]
+        refs = [a.train_step.remote(list(examples[r * shard : (r + 1) * shard])) for r, a in enumerate(self.actors)]
         return ray.get(refs)[0]  # metrics are already averaged over ranks
 
     def export_weights(self) -> ray.ObjectRef:

@@ -10,12 +10,13 @@ colocate_all): one shared group whose bundle i holds learner i and engine i, eac
 for its own fraction of the bundle (e.g. 0.5 GPU each). Scorers are light and short-lived: no
 group, just num_cpus, so they never hold a reservation the heavy roles need.
 """
+
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from lcray.config import ConfigError, LcrayConfig
 
@@ -39,11 +40,11 @@ class RolePlan:
     num_actors: int = 0
     num_cpus: float = 0.0  # what each actor asks for (inside its bundle when it has one)
     num_gpus: float = 0.0
-    pool: Optional[str] = None  # placement group holding the bundles; roles with one pool share bundles
+    pool: str | None = None  # placement group holding the bundles; roles with one pool share bundles
     num_nodes: int = 1  # nodes the pool is expected to span (checked against the cluster up front)
 
 
-def _bundle(cpus: float, gpus: float, *node_resources: Optional[str]) -> dict[str, float]:
+def _bundle(cpus: float, gpus: float, *node_resources: str | None) -> dict[str, float]:
     out: dict[str, float] = {"CPU": cpus, "GPU": gpus}
     for name in node_resources:
         if name:  # a custom resource only some nodes declare: the bundle can only go there
@@ -58,27 +59,66 @@ def plan_placement(cfg: LcrayConfig) -> dict[str, RolePlan]:
     scorer = RolePlan("scorer", [], pl.strategy, cfg.scorer.num_scorers, pl.cpus_per_scorer, 0.0)
     if not pl.colocate:
         return {
-            "learner": RolePlan("learner", [_bundle(lr.cpus_per_learner, lr.gpus_per_learner, pl.learner_node_resource)
-                                            for _ in range(lr.num_learners)], pl.strategy, lr.num_learners,
-                                lr.cpus_per_learner, lr.gpus_per_learner, "learner", pl.learner_num_nodes),
-            "rollout": RolePlan("rollout", [_bundle(pl.cpus_per_engine, pl.gpus_per_engine, pl.rollout_node_resource)
-                                            for _ in range(ro.num_engines)], pl.strategy, ro.num_engines,
-                                pl.cpus_per_engine, pl.gpus_per_engine, "rollout", pl.rollout_num_nodes),
+            "learner": RolePlan(
+                "learner",
+                [
+                    _bundle(lr.cpus_per_learner, lr.gpus_per_learner, pl.learner_node_resource)
+                    for _ in range(lr.num_learners)
+                ],
+                pl.strategy,
+                lr.num_learners,
+                lr.cpus_per_learner,
+                lr.gpus_per_learner,
+                "learner",
+                pl.learner_num_nodes,
+            ),
+            "rollout": RolePlan(
+                "rollout",
+                [
+                    _bundle(pl.cpus_per_engine, pl.gpus_per_engine, pl.rollout_node_resource)
+                    for _ in range(ro.num_engines)
+                ],
+                pl.strategy,
+                ro.num_engines,
+                pl.cpus_per_engine,
+                pl.gpus_per_engine,
+                "rollout",
+                pl.rollout_num_nodes,
+            ),
             "scorer": scorer,
         }
     if ro.num_engines != lr.num_learners:
-        raise ConfigError(f"placement.colocate: must be false unless rollout.num_engines == learner.num_learners "
-                          f"(bundle i holds learner i and engine i), got {ro.num_engines} engines and "
-                          f"{lr.num_learners} learners", key="placement.colocate")
+        raise ConfigError(
+            f"placement.colocate: must be false unless rollout.num_engines == learner.num_learners "
+            f"(bundle i holds learner i and engine i), got {ro.num_engines} engines and "
+            f"{lr.num_learners} learners",
+            key="placement.colocate",
+        )
     # One list shared by both plans: it is one placement group, so both roles see the same bundles.
-    shared = [_bundle(lr.cpus_per_learner + pl.cpus_per_engine, lr.gpus_per_learner + pl.gpus_per_engine,
-                      pl.learner_node_resource, pl.rollout_node_resource) for _ in range(lr.num_learners)]
+    shared = [
+        _bundle(
+            lr.cpus_per_learner + pl.cpus_per_engine,
+            lr.gpus_per_learner + pl.gpus_per_engine,
+            pl.learner_node_resource,
+            pl.rollout_node_resource,
+        )
+        for _ in range(lr.num_learners)
+    ]
     nodes = max(pl.learner_num_nodes, pl.rollout_num_nodes)
     return {
-        "learner": RolePlan("learner", shared, pl.strategy, lr.num_learners, lr.cpus_per_learner,
-                            lr.gpus_per_learner, "colocated", nodes),
-        "rollout": RolePlan("rollout", shared, pl.strategy, ro.num_engines, pl.cpus_per_engine,
-                            pl.gpus_per_engine, "colocated", nodes),
+        "learner": RolePlan(
+            "learner",
+            shared,
+            pl.strategy,
+            lr.num_learners,
+            lr.cpus_per_learner,
+            lr.gpus_per_learner,
+            "colocated",
+            nodes,
+        ),
+        "rollout": RolePlan(
+            "rollout", shared, pl.strategy, ro.num_engines, pl.cpus_per_engine, pl.gpus_per_engine, "colocated", nodes
+        ),
         "scorer": scorer,
     }
 
@@ -129,35 +169,47 @@ def check_feasible(plans: dict[str, RolePlan], total: dict[str, float], nodes: l
         if any(total.get(k, 0.0) + 1e-9 < v for k, v in need.items()):
             missing = [k for k in need if k not in total]
             hint = f" (no node declares {', '.join(map(repr, missing))})" if missing else ""
-            raise PlacementError(f"placement: {label} needs {_describe(bundles)} but the cluster has "
-                                 f"{_fmt({k: total[k] for k in need if k in total})}{hint}")
+            raise PlacementError(
+                f"placement: {label} needs {_describe(bundles)} but the cluster has "
+                f"{_fmt({k: total[k] for k in need if k in total})}{hint}"
+            )
         caps = [_capacity(n, bundles[0]) for n in nodes]  # a pool's bundles are alike (one per actor)
         used = sum(c > 0 for c in caps)
         if used == 0 or (plan.strategy != "STRICT_SPREAD" and sum(caps) < len(bundles)):
             fit = "no single node can hold one" if used == 0 else f"the nodes can hold only {sum(caps)}"
-            raise PlacementError(f"placement: {label} needs {_describe(bundles)} but {fit}; nodes have "
-                                 f"{[_fmt({k: n.get(k, 0.0) for k in need}) for n in nodes]}")
+            raise PlacementError(
+                f"placement: {label} needs {_describe(bundles)} but {fit}; nodes have "
+                f"{[_fmt({k: n.get(k, 0.0) for k in need}) for n in nodes]}"
+            )
         if plan.strategy == "STRICT_SPREAD" and used < len(bundles):
-            raise PlacementError(f"placement: {label} needs {_describe(bundles)} on distinct nodes "
-                                 f"(STRICT_SPREAD) but only {used} node(s) can hold one")
+            raise PlacementError(
+                f"placement: {label} needs {_describe(bundles)} on distinct nodes "
+                f"(STRICT_SPREAD) but only {used} node(s) can hold one"
+            )
         if plan.strategy == "STRICT_PACK" and max(caps) < len(bundles):
-            raise PlacementError(f"placement: {label} needs {_describe(bundles)} on one node (STRICT_PACK) "
-                                 f"but the largest node holds {max(caps)}")
+            raise PlacementError(
+                f"placement: {label} needs {_describe(bundles)} on one node (STRICT_PACK) "
+                f"but the largest node holds {max(caps)}"
+            )
         if used < plan.num_nodes:
-            raise PlacementError(f"placement: {label} expects {plan.num_nodes} nodes but only {used} node(s) "
-                                 f"can hold a bundle of {_fmt(bundles[0])}")
+            raise PlacementError(
+                f"placement: {label} expects {plan.num_nodes} nodes but only {used} node(s) "
+                f"can hold a bundle of {_fmt(bundles[0])}"
+            )
     scorers = [_bundle(p.num_cpus, p.num_gpus) for p in plans.values() if p.pool is None for _ in range(p.num_actors)]
     need = sum_resources([b for _, p in _pools(plans).values() for b in p.bundles] + scorers)
     if any(total.get(k, 0.0) + 1e-9 < v for k, v in need.items()):
-        raise PlacementError(f"placement: {' + '.join(plans)} together need {_fmt(need)} but the cluster has "
-                             f"{_fmt({k: total.get(k, 0.0) for k in need})}")
+        raise PlacementError(
+            f"placement: {' + '.join(plans)} together need {_fmt(need)} but the cluster has "
+            f"{_fmt({k: total.get(k, 0.0) for k in need})}"
+        )
 
 
 # ----------------------------------------------------------------------------- handles
 class PlacementHandles:
     """Ready placement groups plus the per-actor options that put each actor in its bundle."""
 
-    def __init__(self, plans: dict[str, RolePlan], groups: dict[str, "PlacementGroup"]):
+    def __init__(self, plans: dict[str, RolePlan], groups: dict[str, PlacementGroup]):
         self.plans, self.groups = plans, groups
 
     def _plan(self, role: str) -> RolePlan:
@@ -165,7 +217,7 @@ class PlacementHandles:
             raise KeyError(f"placement: unknown role {role!r}; planned roles: {', '.join(self.plans)}")
         return self.plans[role]
 
-    def placement_group(self, role: str) -> Optional["PlacementGroup"]:
+    def placement_group(self, role: str) -> PlacementGroup | None:
         plan = self._plan(role)
         return self.groups.get(plan.pool) if plan.pool else None
 
@@ -181,10 +233,15 @@ class PlacementHandles:
         if plan.pool not in self.groups:
             raise RuntimeError("placement: groups were removed; create_placement_groups again")
         # capture_child_tasks: vLLM's tensor-parallel workers and DeepSpeed helpers land in the same bundle set.
-        return {"num_cpus": plan.num_cpus, "num_gpus": plan.num_gpus,
-                "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                    placement_group=self.groups[plan.pool], placement_group_bundle_index=index,
-                    placement_group_capture_child_tasks=True)}
+        return {
+            "num_cpus": plan.num_cpus,
+            "num_gpus": plan.num_gpus,
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=self.groups[plan.pool],
+                placement_group_bundle_index=index,
+                placement_group_capture_child_tasks=True,
+            ),
+        }
 
     def bundle_node_ids(self, role: str) -> list[str]:
         """Node id (hex) hosting each bundle of `role`, in bundle order; [] for roles without a group."""
@@ -203,7 +260,7 @@ class PlacementHandles:
         while self.groups:
             remove_placement_group(self.groups.popitem()[1])
 
-    def __enter__(self) -> "PlacementHandles":
+    def __enter__(self) -> PlacementHandles:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -232,7 +289,8 @@ def create_placement_groups(plans: dict[str, RolePlan], timeout_s: float = 60.0)
                 raise PlacementError(
                     f"placement: {label} ({_describe(plan.bundles)}, {plan.strategy}) was not ready after "
                     f"{timeout_s:g}s; free now: {_fmt({k: free.get(k, 0.0) for k in sum_resources(plan.bundles)})} "
-                    f"(other actors or placement groups hold the rest)") from None
+                    f"(other actors or placement groups hold the rest)"
+                ) from None
     except BaseException:
         for pg in groups.values():  # never leak a pending group: Ray would keep retrying it forever
             remove_placement_group(pg)

@@ -2,11 +2,13 @@
 on several of them (splits a batch, keeps every engine on the newest weights, survives a
 restarted engine).
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ray
 
@@ -78,8 +80,15 @@ class RolloutPool:
         self.weights_provider: Callable[[], Any] | None = None
 
     @classmethod
-    def create(cls, num_engines: int, model_path: str, *, backend: str = "vllm",
-               actor_options: list[dict] | None = None, **engine_kwargs: Any) -> "RolloutPool":
+    def create(
+        cls,
+        num_engines: int,
+        model_path: str,
+        *,
+        backend: str = "vllm",
+        actor_options: list[dict] | None = None,
+        **engine_kwargs: Any,
+    ) -> RolloutPool:
         opts = actor_options or [{"num_cpus": 1} for _ in range(num_engines)]
         actors = [
             RolloutActor.options(max_restarts=3, **opts[i]).remote(model_path, backend, **engine_kwargs)
@@ -95,7 +104,9 @@ class RolloutPool:
         expected = self.version
         slices = contiguous_slices(len(prompts), len(self.actors))
         results: list[list[GenerationResult] | None] = [None] * len(slices)
-        pending = {i: self.actors[i].generate.remote(prompts[s], sampling) for i, s in enumerate(slices) if s.stop > s.start}
+        pending = {
+            i: self.actors[i].generate.remote(prompts[s], sampling) for i, s in enumerate(slices) if s.stop > s.start
+        }
         for i, s in enumerate(slices):
             if s.stop == s.start:
                 results[i] = []
@@ -109,7 +120,12 @@ class RolloutPool:
                     retry[i] = None
                     continue
                 if version < expected:
-                    log.warning("rollout engine %d answered with weights v%d, expected v%d (restarted?); re-syncing", i, version, expected)
+                    log.warning(
+                        "rollout engine %d answered with weights v%d, expected v%d (restarted?); re-syncing",
+                        i,
+                        version,
+                        expected,
+                    )
                     retry[i] = None
                     continue
                 results[i] = res

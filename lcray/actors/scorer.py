@@ -5,10 +5,12 @@ Scoring is CPU work that should not block the driver or the GPU roles, and it is
 so fault tolerance is Ray's own: actors are created with max_restarts / max_task_retries,
 a dead scorer is restarted and the call re-run transparently.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ray
 
@@ -24,33 +26,41 @@ class ScorerWorker:
     ignored, prompts are required) and labels a response correct when reward >= reward_threshold.
     """
 
-    def __init__(self, answer_kind: str = "sub_em", f1_threshold: float = 0.5,
-                 importance_kind: str = "bm25", reward_model_path: str | None = None,
-                 reward_threshold: float = 0.0) -> None:
+    def __init__(
+        self,
+        answer_kind: str = "sub_em",
+        f1_threshold: float = 0.5,
+        importance_kind: str = "bm25",
+        reward_model_path: str | None = None,
+        reward_threshold: float = 0.0,
+    ) -> None:
         self.kinds = {"answer": answer_kind, "importance": importance_kind}
         if answer_kind == "reward_model":  # torch / transformers are imported here, in the actor
-            self.answer = make_answer_scorer(answer_kind, reward_model_path=reward_model_path,
-                                             threshold=reward_threshold)
+            self.answer = make_answer_scorer(
+                answer_kind, reward_model_path=reward_model_path, threshold=reward_threshold
+            )
         else:
             self.answer = make_answer_scorer(answer_kind, f1_threshold=f1_threshold)
         self.importance = make_importance_scorer(importance_kind)
 
-    def _answer_inputs(self, responses: Sequence[str], golds: Sequence[Sequence[str]],
-                       prompts: Sequence[str] | None) -> tuple[Sequence, Sequence]:
+    def _answer_inputs(
+        self, responses: Sequence[str], golds: Sequence[Sequence[str]], prompts: Sequence[str] | None
+    ) -> tuple[Sequence, Sequence]:
         """The answer scorer's two arguments: (responses, golds) or, for a reward model, (prompts, responses)."""
         if self.kinds["answer"] != "reward_model":
             return responses, golds
         if prompts is None:
-            raise ValueError("answer_kind='reward_model' scores prompt + response: pass prompts= "
-                             "(one per response)")
+            raise ValueError("answer_kind='reward_model' scores prompt + response: pass prompts= (one per response)")
         return prompts, responses
 
-    def score_answers(self, responses: Sequence[str], golds: Sequence[Sequence[str]],
-                      prompts: Sequence[str] | None = None) -> list[float]:
+    def score_answers(
+        self, responses: Sequence[str], golds: Sequence[Sequence[str]], prompts: Sequence[str] | None = None
+    ) -> list[float]:
         return self.answer.score(*self._answer_inputs(responses, golds, prompts))
 
-    def label(self, responses: Sequence[str], golds: Sequence[Sequence[str]],
-              prompts: Sequence[str] | None = None) -> list[bool]:
+    def label(
+        self, responses: Sequence[str], golds: Sequence[Sequence[str]], prompts: Sequence[str] | None = None
+    ) -> list[bool]:
         """Correct / incorrect per response (SoLoPO chosen / rejected)."""
         return self.answer.is_correct(*self._answer_inputs(responses, golds, prompts))
 
@@ -75,15 +85,27 @@ class ScorerPool:
         self.actors = actors
 
     @classmethod
-    def create(cls, num_actors: int, *, answer_kind: str = "sub_em", f1_threshold: float = 0.5,
-               importance_kind: str = "bm25", reward_model_path: str | None = None,
-               reward_threshold: float = 0.0, num_cpus: float = 1, max_restarts: int = 3,
-               max_task_retries: int = 3) -> "ScorerPool":
+    def create(
+        cls,
+        num_actors: int,
+        *,
+        answer_kind: str = "sub_em",
+        f1_threshold: float = 0.5,
+        importance_kind: str = "bm25",
+        reward_model_path: str | None = None,
+        reward_threshold: float = 0.0,
+        num_cpus: float = 1,
+        max_restarts: int = 3,
+        max_task_retries: int = 3,
+    ) -> ScorerPool:
         actors = [
-            ScorerActor.options(num_cpus=num_cpus, max_restarts=max_restarts,
-                                max_task_retries=max_task_retries)
-            .remote(answer_kind, f1_threshold, importance_kind,
-                    reward_model_path=reward_model_path, reward_threshold=reward_threshold)
+            ScorerActor.options(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=max_task_retries).remote(
+                answer_kind,
+                f1_threshold,
+                importance_kind,
+                reward_model_path=reward_model_path,
+                reward_threshold=reward_threshold,
+            )
             for _ in range(num_actors)
         ]
         pool = cls(actors)
@@ -101,12 +123,14 @@ class ScorerPool:
         ]
         return [x for part in ray.get(refs) for x in part]
 
-    def score_answers(self, responses: Sequence[str], golds: Sequence[Sequence[str]],
-                      prompts: Sequence[str] | None = None) -> list[float]:
+    def score_answers(
+        self, responses: Sequence[str], golds: Sequence[Sequence[str]], prompts: Sequence[str] | None = None
+    ) -> list[float]:
         return self._map("score_answers", *_answer_columns(responses, golds, prompts))
 
-    def label(self, responses: Sequence[str], golds: Sequence[Sequence[str]],
-              prompts: Sequence[str] | None = None) -> list[bool]:
+    def label(
+        self, responses: Sequence[str], golds: Sequence[Sequence[str]], prompts: Sequence[str] | None = None
+    ) -> list[bool]:
         return self._map("label", *_answer_columns(responses, golds, prompts))
 
     def score_chunks(self, items: Sequence[dict]) -> list[list[float]]:

@@ -11,9 +11,11 @@ Two channels, one per cluster kind (docs/architecture.md):
   NCCL cannot exist on this machine, so this path is only exercised by `gpu`-marked tests;
   ZeroWeightSource itself is CPU-tested.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -34,7 +36,9 @@ class ZeroWeightSource:
 
     def __init__(self, module: torch.nn.Module) -> None:
         if any("lora_" in n for n, _ in module.named_parameters()):
-            raise NotImplementedError("NCCL weight sync with LoRA: use the object-store sync (rollout.weight_sync=object_store)")
+            raise NotImplementedError(
+                "NCCL weight sync with LoRA: use the object-store sync (rollout.weight_sync=object_store)"
+            )
         self.module = module
 
     def _params(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -67,8 +71,15 @@ class ZeroWeightSource:
             yield [n for n, _ in pairs], [t for _, t in pairs]
 
 
-def init_nccl_sender(module: torch.nn.Module, *, rank: int, rollout_handles: list[Any], master_address: str,
-                     master_port: int, num_engine_workers: int) -> Any:
+def init_nccl_sender(
+    module: torch.nn.Module,
+    *,
+    rank: int,
+    rollout_handles: list[Any],
+    master_address: str,
+    master_port: int,
+    num_engine_workers: int,
+) -> Any:
     """Trainer side of vLLM's NCCL weight transfer; every learner rank calls it (rank 0 sends).
 
     world_size = 1 sender + every vLLM worker (engines x tensor_parallel_size).
@@ -76,10 +87,12 @@ def init_nccl_sender(module: torch.nn.Module, *, rank: int, rollout_handles: lis
     from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
     from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
 
-    info = NCCLTrainerInitInfo(master_address=master_address, master_port=master_port,
-                               world_size=1 + num_engine_workers, rank=rank)
+    info = NCCLTrainerInitInfo(
+        master_address=master_address, master_port=master_port, world_size=1 + num_engine_workers, rank=rank
+    )
     from vllm.distributed.weight_transfer.base import WeightSource
 
     WeightSource.register(ZeroWeightSource)  # duck-typed: a virtual subclass of vLLM's ABC
     return NCCLTrainerWeightTransferEngine.trainer_init(
-        info, client=RayVLLMWeightSyncClient(rollout_handles), source=ZeroWeightSource(module))
+        info, client=RayVLLMWeightSyncClient(rollout_handles), source=ZeroWeightSource(module)
+    )

@@ -29,8 +29,6 @@ def logo_loss(
     if avg_logp_l.dim() == 1:
         avg_logp_l = avg_logp_l.unsqueeze(-1)
     if avg_logp_l.dim() != 2 or avg_logp_l.shape[0] != avg_logp_w.shape[0]:
-        raise ValueError(
-            f"avg_logp_l must be [B, M] with B = {avg_logp_w.shape[0]}, got {tuple(avg_logp_l.shape)}"
-        )
+        raise ValueError(f"avg_logp_l must be [B, M] with B = {avg_logp_w.shape[0]}, got {tuple(avg_logp_l.shape)}")
     po = simpo_loss(avg_logp_w, avg_logp_l.mean(dim=-1), beta=beta, gamma=gamma)
     return po + nll_coef * nll_w

@@ -40,15 +40,17 @@ def _check_args(
 ) -> None:
     for knob, value in knobs.items():
         if value and not getattr(spec, _KNOBS[knob]):
-            raise ValueError(f"{knob} is only defined for {_names(losses_with(_KNOBS[knob]))}, not {spec.name}"
-                             f"; set {knob}=0")
+            raise ValueError(
+                f"{knob} is only defined for {_names(losses_with(_KNOBS[knob]))}, not {spec.name}; set {knob}=0"
+            )
     if knobs["nll_coef"] < 0 or solo_ra_alpha < 0:
         raise ValueError("nll_coef and solo_ra_alpha must be >= 0")
     if chosen.logp.dim() != 1:
         raise ValueError(f"chosen must be [B], got {tuple(chosen.logp.shape)}")
     if rejected.logp.dim() not in (1, 2) or rejected.logp.shape[0] != chosen.logp.shape[0]:
-        raise ValueError(f"rejected must be [B] or [B, M] with B = {chosen.logp.shape[0]}, "
-                         f"got {tuple(rejected.logp.shape)}")
+        raise ValueError(
+            f"rejected must be [B] or [B, M] with B = {chosen.logp.shape[0]}, got {tuple(rejected.logp.shape)}"
+        )
     if spec.needs_reference:
         if ref_chosen is None or ref_rejected is None:
             raise ValueError(f"{spec.name} needs ref_chosen and ref_rejected")
@@ -115,8 +117,17 @@ def preference_objective(
     `chosen_long` on the long one. Returns (scalar loss, detached float metrics).
     """
     spec = get_loss(loss_type)
-    _check_args(spec, dict(label_smoothing=label_smoothing, simpo_gamma=simpo_gamma, nll_coef=nll_coef),
-                solo_ra_alpha, chosen, rejected, ref_chosen, ref_rejected, chosen_long, ref_chosen_long)
+    _check_args(
+        spec,
+        dict(label_smoothing=label_smoothing, simpo_gamma=simpo_gamma, nll_coef=nll_coef),
+        solo_ra_alpha,
+        chosen,
+        rejected,
+        ref_chosen,
+        ref_rejected,
+        chosen_long,
+        ref_chosen_long,
+    )
     rej = rejected.as_2d()
     ref_rej = ref_rejected.as_2d() if ref_rejected is not None else None
 
@@ -137,8 +148,9 @@ def preference_objective(
         solo = solo_ra_loss(r_w, r_long, alpha=solo_ra_alpha, distance=solo_ra_distance)
 
     loss = (po + solo).mean()
-    metrics = _metrics(loss, po, solo, r_w.detach(), r_l.detach(), chosen, rej,
-                       None if r_long is None else r_long.detach())
+    metrics = _metrics(
+        loss, po, solo, r_w.detach(), r_l.detach(), chosen, rej, None if r_long is None else r_long.detach()
+    )
     return loss, metrics
 
 

@@ -7,7 +7,7 @@ Conventions follow docs/algorithms.md ("Rewards", "Losses") and TRL.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

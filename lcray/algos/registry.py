@@ -13,14 +13,13 @@ objective, once per sample, for every loss with uses_nll_coef.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import Tensor
 
 from lcray.algos.logo import logo_loss
-from lcray.algos.preference import (RewardFn, dpo_loss, dpo_reward, orpo_loss, orpo_reward, simpo_loss,
-                                    simpo_reward)
+from lcray.algos.preference import RewardFn, dpo_loss, dpo_reward, orpo_loss, orpo_reward, simpo_loss, simpo_reward
 from lcray.algos.stats import SeqLogps
 
 LossFn = Callable[..., Tensor]
@@ -45,34 +44,63 @@ def _col(t: Tensor) -> Tensor:
 
 
 # The loss adapters share one signature (module docstring); each reads only the knobs it uses.
-def _dpo(c: SeqLogps, r: SeqLogps, rc: SeqLogps, rr: SeqLogps, *, beta: float, gamma: float,
-         label_smoothing: float) -> Tensor:
-    return dpo_loss(_col(c.logp), r.logp, _col(rc.logp), rr.logp, beta=beta,
-                    label_smoothing=label_smoothing).mean(dim=-1)
+def _dpo(
+    c: SeqLogps, r: SeqLogps, rc: SeqLogps, rr: SeqLogps, *, beta: float, gamma: float, label_smoothing: float
+) -> Tensor:
+    return dpo_loss(_col(c.logp), r.logp, _col(rc.logp), rr.logp, beta=beta, label_smoothing=label_smoothing).mean(
+        dim=-1
+    )
 
 
-def _simpo(c: SeqLogps, r: SeqLogps, rc: SeqLogps | None, rr: SeqLogps | None, *, beta: float, gamma: float,
-           label_smoothing: float) -> Tensor:
+def _simpo(
+    c: SeqLogps,
+    r: SeqLogps,
+    rc: SeqLogps | None,
+    rr: SeqLogps | None,
+    *,
+    beta: float,
+    gamma: float,
+    label_smoothing: float,
+) -> Tensor:
     return simpo_loss(_col(c.avg), r.avg, beta=beta, gamma=gamma, label_smoothing=label_smoothing).mean(dim=-1)
 
 
-def _orpo(c: SeqLogps, r: SeqLogps, rc: SeqLogps | None, rr: SeqLogps | None, *, beta: float, gamma: float,
-          label_smoothing: float) -> Tensor:
+def _orpo(
+    c: SeqLogps,
+    r: SeqLogps,
+    rc: SeqLogps | None,
+    rr: SeqLogps | None,
+    *,
+    beta: float,
+    gamma: float,
+    label_smoothing: float,
+) -> Tensor:
     # ORPO's NLL term is per chosen response, so in the mean over negatives it counts once.
     return orpo_loss(_col(c.avg), r.avg, _col(c.nll), lam=beta).mean(dim=-1)
 
 
-def _logo(c: SeqLogps, r: SeqLogps, rc: SeqLogps | None, rr: SeqLogps | None, *, beta: float, gamma: float,
-          label_smoothing: float) -> Tensor:
+def _logo(
+    c: SeqLogps,
+    r: SeqLogps,
+    rc: SeqLogps | None,
+    rr: SeqLogps | None,
+    *,
+    beta: float,
+    gamma: float,
+    label_smoothing: float,
+) -> Tensor:
     return logo_loss(c.avg, r.avg, c.nll, beta=beta, gamma=gamma, nll_coef=0.0)  # the objective adds the NLL
 
 
-LOSSES: dict[str, LossSpec] = {s.name: s for s in (
-    LossSpec("dpo", _dpo, dpo_reward, needs_reference=True, uses_label_smoothing=True),
-    LossSpec("simpo", _simpo, simpo_reward, uses_gamma=True, uses_label_smoothing=True),
-    LossSpec("orpo", _orpo, orpo_reward, uses_nll_coef=False),
-    LossSpec("logo", _logo, simpo_reward, uses_gamma=True),
-)}
+LOSSES: dict[str, LossSpec] = {
+    s.name: s
+    for s in (
+        LossSpec("dpo", _dpo, dpo_reward, needs_reference=True, uses_label_smoothing=True),
+        LossSpec("simpo", _simpo, simpo_reward, uses_gamma=True, uses_label_smoothing=True),
+        LossSpec("orpo", _orpo, orpo_reward, uses_nll_coef=False),
+        LossSpec("logo", _logo, simpo_reward, uses_gamma=True),
+    )
+}
 
 
 def get_loss(name: str) -> LossSpec:

@@ -16,9 +16,7 @@ class SeqLogps:
 
     def __post_init__(self) -> None:
         if self.logp.shape != self.n_tokens.shape:
-            raise ValueError(
-                f"logp {tuple(self.logp.shape)} and n_tokens {tuple(self.n_tokens.shape)} differ in shape"
-            )
+            raise ValueError(f"logp {tuple(self.logp.shape)} and n_tokens {tuple(self.n_tokens.shape)} differ in shape")
 
     @property
     def avg(self) -> Tensor:

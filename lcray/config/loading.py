@@ -1,4 +1,5 @@
 """Building configs from YAML files and dotted CLI overrides, saving them, and the recipe CLI."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,9 @@ import re
 import textwrap
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -19,8 +20,9 @@ from lcray.config.sections import LcrayConfig
 from lcray.config.validation import ConfigError, validate
 from lcray.utils.fs import atomic_write_text
 
+
 # ----------------------------------------------------------------------------- building
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -47,8 +49,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         if any(type(value) is type(c) and value == c for c in args):
             return value
-        raise ConfigError(f"{key}: must be one of {', '.join(map(str, args))}, got {value!r}"
-                          f"{_did_you_mean(value, args)}", key=key)
+        raise ConfigError(
+            f"{key}: must be one of {', '.join(map(str, args))}, got {value!r}{_did_you_mean(value, args)}", key=key
+        )
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -67,8 +70,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return float(value)
     elif tp is float and isinstance(value, str) and _SCI_RE.match(value):
         return float(value)  # PyYAML (YAML 1.1) reads 5e-7 as a string
-    elif origin is None and isinstance(tp, type) and isinstance(value, tp) \
-            and not (tp is not bool and isinstance(value, bool)):  # True is an int in Python; not here
+    elif (
+        origin is None
+        and isinstance(tp, type)
+        and isinstance(value, tp)
+        and not (tp is not bool and isinstance(value, bool))
+    ):  # True is an int in Python; not here
         return value
     text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {text}", key=key)
@@ -91,8 +98,9 @@ def config_from_dict(cls: type, data: Mapping[str, Any], path_prefix: str = "") 
     Missing keys keep their defaults; errors name the full dotted key (under path_prefix).
     """
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path_prefix or 'config'}: expected a mapping, got {type(data).__name__}",
-                          key=path_prefix or None)
+        raise ConfigError(
+            f"{path_prefix or 'config'}: expected a mapping, got {type(data).__name__}", key=path_prefix or None
+        )
     hints, kwargs = _hints(cls), {}
     for name, value in data.items():
         if name not in {f.name for f in dataclasses.fields(cls) if f.init}:
@@ -153,8 +161,7 @@ def parse_override(text: str, cls: type = LcrayConfig) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,
-                cls: type = LcrayConfig) -> Any:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *, cls: type = LcrayConfig) -> Any:
     """Defaults <- YAML file at `path` <- dotted `overrides` (in order), then validate() (LcrayConfig)."""
     merged: dict = to_dict(cls())
     sources: dict[str, str] = {}  # dotted key -> where its value came from (for validation errors)
@@ -195,24 +202,42 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
 
 
 # ----------------------------------------------------------------------------- CLI
-def add_config_args(parser: argparse.ArgumentParser, default_config: str | Path | None = None, *,
-                    cls: type = LcrayConfig) -> argparse.ArgumentParser:
+def add_config_args(
+    parser: argparse.ArgumentParser, default_config: str | Path | None = None, *, cls: type = LcrayConfig
+) -> argparse.ArgumentParser:
     """Add `--config PATH` and positional `key=value` overrides (and a key list in --help)."""
-    parser.add_argument("--config", metavar="PATH", default=None if default_config is None else str(default_config),
-                        help=f"YAML config file (default: {default_config or 'built-in defaults'})")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides applied after the file, e.g. learner.zero_stage=3 "
-                             "algo.solo_ra.alpha=1 'rollout.stop=[\"\\n\"]' (values are YAML)")
-    sections = [textwrap.fill(", ".join(_leaves(sub)), 88, initial_indent=f"  {name}: ",
-                              subsequent_indent=" " * (len(name) + 4))
-                for name, sub in to_dict(cls()).items() if isinstance(sub, dict)]
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None if default_config is None else str(default_config),
+        help=f"YAML config file (default: {default_config or 'built-in defaults'})",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides applied after the file, e.g. learner.zero_stage=3 "
+        "algo.solo_ra.alpha=1 'rollout.stop=[\"\\n\"]' (values are YAML)",
+    )
+    sections = [
+        textwrap.fill(
+            ", ".join(_leaves(sub)), 88, initial_indent=f"  {name}: ", subsequent_indent=" " * (len(name) + 4)
+        )
+        for name, sub in to_dict(cls()).items()
+        if isinstance(sub, dict)
+    ]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = ((parser.epilog or "") + "\n\nconfig keys:\n" + "\n".join(sections)).lstrip("\n")
     return parser
 
 
-def parse_cli(argv: Sequence[str] | None = None, default_config: str | Path | None = None, *,
-              description: str | None = None, cls: type = LcrayConfig) -> Any:
+def parse_cli(
+    argv: Sequence[str] | None = None,
+    default_config: str | Path | None = None,
+    *,
+    description: str | None = None,
+    cls: type = LcrayConfig,
+) -> Any:
     """Parse `[--config PATH] [key=value ...]` into a validated config; bad input exits with code 2."""
     parser = add_config_args(argparse.ArgumentParser(description=description), default_config, cls=cls)
     args = parser.parse_args(argv)
@@ -220,4 +245,3 @@ def parse_cli(argv: Sequence[str] | None = None, default_config: str | Path | No
         return load_config(args.config, args.overrides, cls=cls)
     except ConfigError as e:
         parser.error(str(e))
-

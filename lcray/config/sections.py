@@ -1,8 +1,9 @@
 """The config sections: one dataclass each, TRL/OpenRLHF names where they exist."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from lcray.algos.registry import LOSSES
 from lcray.scorers.answer import ANSWER_SCORERS
@@ -20,25 +21,29 @@ class LoraConfig:
     r: int = 0  # LoRA rank; 0 turns LoRA off (full fine-tuning)
     alpha: int = 16  # LoRA scaling numerator (lora_alpha)
     dropout: float = 0.0  # dropout on the LoRA branch
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # modules that get adapters
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )  # modules that get adapters
 
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = "tiny"  # "tiny" = tiny random test model, "smollm2" = bundled SmolLM2-135M-Instruct, else a local HF folder
-    tokenizer_path: Optional[str] = None  # tokenizer folder; None = same as name_or_path
+    name_or_path: str = (
+        "tiny"  # "tiny" = tiny random test model, "smollm2" = bundled SmolLM2-135M-Instruct, else a local HF folder
+    )
+    tokenizer_path: str | None = None  # tokenizer folder; None = same as name_or_path
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # parameter dtype when loading
     attn_implementation: str = "sdpa"  # HF attention kernel (sdpa, eager, flash_attention_2)
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
-    rope_theta: Optional[float] = None  # override the RoPE base; None = keep the model's
-    max_position_embeddings: Optional[int] = None  # override the context window; None = keep the model's
+    rope_theta: float | None = None  # override the RoPE base; None = keep the model's
+    max_position_embeddings: int | None = None  # override the context window; None = keep the model's
     lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA adapters (off when r == 0)
 
 
 @dataclass
 class DataConfig:
-    train_path: Optional[str] = None  # JSONL/Parquet training pairs; None = synthetic data
-    eval_path: Optional[str] = None  # JSONL/Parquet eval set; None = synthetic data
+    train_path: str | None = None  # JSONL/Parquet training pairs; None = synthetic data
+    eval_path: str | None = None  # JSONL/Parquet eval set; None = synthetic data
     format: Literal["auto", "jsonl", "parquet"] = "auto"  # file format; auto = from the extension
     prompt_key: str = "prompt"  # column holding the prompt (text or chat messages)
     chosen_key: str = "chosen"  # column holding the preferred response
@@ -55,7 +60,7 @@ class DataConfig:
     long_context_tokens: int = 2048  # length of the long context in synthetic data
     chunk_tokens: int = 512  # chunk size when splitting a long context for importance scoring
     target_len: int = 32768  # LOGO position window: positions are spread over this many
-    output_dir: Optional[str] = None  # where built datasets are written; None = not written
+    output_dir: str | None = None  # where built datasets are written; None = not written
 
 
 @dataclass
@@ -66,7 +71,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.9  # fraction of GPU memory vLLM may take
     kv_cache_space_gb: int = 1  # KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)
     enforce_eager: bool = True  # disable CUDA graphs (faster start, simpler)
-    max_model_len: Optional[int] = None  # engine context length; None = the model's
+    max_model_len: int | None = None  # engine context length; None = the model's
     n_samples_per_prompt: int = 4  # responses sampled per prompt (need >= 2 to contrast)
     temperature: float = 0.85  # sampling temperature; 0 = greedy
     top_p: float = 0.95  # nucleus sampling mass
@@ -75,7 +80,9 @@ class RolloutConfig:
     seed: int = 0  # sampling seed
     sync_every: int = 1  # push learner weights to the engines every N steps
     overlap: bool = False  # generate batch t+1 while training on batch t (one step off-policy)
-    weight_sync: Literal["auto", "object_store", "nccl"] = "auto"  # learner -> engine channel; auto = nccl when learners have GPUs
+    weight_sync: Literal["auto", "object_store", "nccl"] = (
+        "auto"  # learner -> engine channel; auto = nccl when learners have GPUs
+    )
 
 
 @dataclass
@@ -84,7 +91,7 @@ class ScorerConfig:
     reward: AnswerScorerKind = "sub_em"  # how a response is scored
     f1_threshold: float = 0.5  # with reward=f1: a response counts as correct above this
     importance: ImportanceScorerKind = "bm25"  # chunk importance for context compression
-    reward_model_path: Optional[str] = None  # HF folder of the reward model (reward=reward_model)
+    reward_model_path: str | None = None  # HF folder of the reward model (reward=reward_model)
     reward_threshold: float = 0.0  # with reward=reward_model: a response counts as correct when its reward >= this
 
 
@@ -159,16 +166,26 @@ class TrainerConfig:
 
 @dataclass
 class PlacementConfig:
-    colocate: bool = False  # rollout engines and learners share one pool (bundle i = learner i + engine i) vs separate pools
+    colocate: bool = (
+        False  # rollout engines and learners share one pool (bundle i = learner i + engine i) vs separate pools
+    )
     num_nodes: int = 1  # nodes the whole job expects in the Ray cluster
     rollout_num_nodes: int = 1  # nodes the rollout engines spread over
     learner_num_nodes: int = 1  # nodes the learners spread over
     cpus_per_engine: float = 1.0  # Ray CPUs reserved per rollout engine actor
-    gpus_per_engine: float = 0.0  # Ray GPUs reserved per rollout engine (on GPU = rollout.tensor_parallel_size; colocated e.g. 0.5)
+    gpus_per_engine: float = (
+        0.0  # Ray GPUs reserved per rollout engine (on GPU = rollout.tensor_parallel_size; colocated e.g. 0.5)
+    )
     cpus_per_scorer: float = 0.5  # Ray CPUs per scorer actor (scorers get no placement group)
-    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # how each placement group's bundles spread over nodes
-    learner_node_resource: Optional[str] = None  # custom Ray resource pinning learners to nodes that declare it (e.g. "learner_pool")
-    rollout_node_resource: Optional[str] = None  # custom Ray resource pinning rollout engines to nodes that declare it (e.g. "rollout_pool")
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = (
+        "PACK"  # how each placement group's bundles spread over nodes
+    )
+    learner_node_resource: str | None = (
+        None  # custom Ray resource pinning learners to nodes that declare it (e.g. "learner_pool")
+    )
+    rollout_node_resource: str | None = (
+        None  # custom Ray resource pinning rollout engines to nodes that declare it (e.g. "rollout_pool")
+    )
 
 
 @dataclass
@@ -187,11 +204,13 @@ class LogoDataConfig:
 
 @dataclass
 class SoLoPOConfig:
-    mode: Literal["online", "offline"] = "online"  # online: sample/score/train every iteration; offline: a fixed pairs file
+    mode: Literal["online", "offline"] = (
+        "online"  # online: sample/score/train every iteration; offline: a fixed pairs file
+    )
     long_po: bool = False  # the Long-PO baseline: PO on the long context, no SoLo-RA
     prompts_per_iteration: int = 8  # short prompts sampled per rollout iteration
     max_pairs_per_prompt: int = 1  # (chosen, rejected) pairs kept per prompt
-    pairs_path: Optional[str] = None  # offline mode: JSONL/Parquet with prompt, long_prompt, chosen, rejected
+    pairs_path: str | None = None  # offline mode: JSONL/Parquet with prompt, long_prompt, chosen, rejected
     long_prompt_key: str = "long_prompt"  # offline mode: column of the long-context prompt
     num_eval_prompts: int = 16  # held-out questions evaluated (short and long context)
     eval_max_new_tokens: int = 48  # greedy tokens per eval answer
@@ -208,6 +227,8 @@ class LcrayConfig:
     ckpt: CkptConfig = field(default_factory=CkptConfig)  # checkpointing
     logging: LoggingConfig = field(default_factory=LoggingConfig)  # metrics and progress
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # the training loop
-    placement: PlacementConfig = field(default_factory=PlacementConfig)  # where each role's actors run (Ray placement groups)
+    placement: PlacementConfig = field(
+        default_factory=PlacementConfig
+    )  # where each role's actors run (Ray placement groups)
     logo_data: LogoDataConfig = field(default_factory=LogoDataConfig)  # LOGO offline preference-data builder
     solopo: SoLoPOConfig = field(default_factory=SoLoPOConfig)  # SoLoPO online/offline loop

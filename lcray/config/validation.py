@@ -1,7 +1,8 @@
 """Range and cross-field checks; every error is a ConfigError naming the dotted key."""
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from lcray.config.sections import LcrayConfig
 
@@ -9,10 +10,9 @@ from lcray.config.sections import LcrayConfig
 class ConfigError(ValueError):
     """A bad config value, key, file or override; `key` is the dotted key when known."""
 
-    def __init__(self, msg: str, key: Optional[str] = None):
+    def __init__(self, msg: str, key: str | None = None):
         super().__init__(msg)
         self.key = key
-
 
 
 def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> tuple:
@@ -28,37 +28,76 @@ _POS, _NONNEG = _at_least(1), _at_least(0)
 _BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")  # Ray's own resource names
 # dotted key -> (predicate, rule text); None values (Optional fields left unset) are skipped.
 _CHECKS: dict[str, tuple] = {
-    "model.rope_theta": _at_least(0, strict=True), "model.max_position_embeddings": _POS,
-    "model.lora.r": _NONNEG, "model.lora.dropout": _between(0, 1, hi_open=True),
-    **{f"data.{k}": _POS for k in ("max_prompt_len", "max_response_len", "short_context_tokens",
-                                   "long_context_tokens", "chunk_tokens", "target_len")},
-    "data.num_synthetic_train": _NONNEG, "data.num_synthetic_eval": _NONNEG, "data.synthetic_hops": _POS,
+    "model.rope_theta": _at_least(0, strict=True),
+    "model.max_position_embeddings": _POS,
+    "model.lora.r": _NONNEG,
+    "model.lora.dropout": _between(0, 1, hi_open=True),
+    **{
+        f"data.{k}": _POS
+        for k in (
+            "max_prompt_len",
+            "max_response_len",
+            "short_context_tokens",
+            "long_context_tokens",
+            "chunk_tokens",
+            "target_len",
+        )
+    },
+    "data.num_synthetic_train": _NONNEG,
+    "data.num_synthetic_eval": _NONNEG,
+    "data.synthetic_hops": _POS,
     "data.synthetic_distractors": _NONNEG,
-    "rollout.num_engines": _POS, "rollout.tensor_parallel_size": _POS, "rollout.kv_cache_space_gb": _POS,
-    "rollout.gpu_memory_utilization": _between(0, 1, lo_open=True), "rollout.max_model_len": _POS,
+    "rollout.num_engines": _POS,
+    "rollout.tensor_parallel_size": _POS,
+    "rollout.kv_cache_space_gb": _POS,
+    "rollout.gpu_memory_utilization": _between(0, 1, lo_open=True),
+    "rollout.max_model_len": _POS,
     "rollout.n_samples_per_prompt": (lambda v: v >= 2, ">= 2 (a preference pair needs a contrast)"),
-    "rollout.temperature": _NONNEG, "rollout.top_p": _between(0, 1, lo_open=True),
-    "rollout.max_new_tokens": _POS, "rollout.sync_every": _POS,
-    "scorer.num_scorers": _POS, "scorer.f1_threshold": _between(0, 1),
-    "solopo.prompts_per_iteration": _POS, "solopo.max_pairs_per_prompt": _POS,
-    "solopo.num_eval_prompts": _NONNEG, "solopo.eval_max_new_tokens": _POS,
-    "learner.num_learners": _POS, "learner.zero_stage": (lambda v: 0 <= v <= 3, "in 0..3"),
-    "learner.learning_rate": _NONNEG, "learner.warmup_steps": _NONNEG, "learner.weight_decay": _NONNEG,
+    "rollout.temperature": _NONNEG,
+    "rollout.top_p": _between(0, 1, lo_open=True),
+    "rollout.max_new_tokens": _POS,
+    "rollout.sync_every": _POS,
+    "scorer.num_scorers": _POS,
+    "scorer.f1_threshold": _between(0, 1),
+    "solopo.prompts_per_iteration": _POS,
+    "solopo.max_pairs_per_prompt": _POS,
+    "solopo.num_eval_prompts": _NONNEG,
+    "solopo.eval_max_new_tokens": _POS,
+    "learner.num_learners": _POS,
+    "learner.zero_stage": (lambda v: 0 <= v <= 3, "in 0..3"),
+    "learner.learning_rate": _NONNEG,
+    "learner.warmup_steps": _NONNEG,
+    "learner.weight_decay": _NONNEG,
     "learner.adam_betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values in [0, 1)"),
-    "learner.max_grad_norm": _NONNEG, "learner.micro_train_batch_size": _POS, "learner.train_batch_size": _POS,
-    "learner.cpus_per_learner": _NONNEG, "learner.gpus_per_learner": _NONNEG,
-    "algo.beta": _at_least(0, strict=True), "algo.label_smoothing": _between(0, 0.5, hi_open=True),
-    "algo.nll_coef": _NONNEG, "algo.logo.num_negatives": _POS, "algo.solo_ra.alpha": _NONNEG,
-    "ckpt.save_steps": _NONNEG, "ckpt.keep_last": _POS, "logging.log_every": _POS,
-    "trainer.max_steps": _NONNEG, "trainer.eval_steps": _NONNEG,
+    "learner.max_grad_norm": _NONNEG,
+    "learner.micro_train_batch_size": _POS,
+    "learner.train_batch_size": _POS,
+    "learner.cpus_per_learner": _NONNEG,
+    "learner.gpus_per_learner": _NONNEG,
+    "algo.beta": _at_least(0, strict=True),
+    "algo.label_smoothing": _between(0, 0.5, hi_open=True),
+    "algo.nll_coef": _NONNEG,
+    "algo.logo.num_negatives": _POS,
+    "algo.solo_ra.alpha": _NONNEG,
+    "ckpt.save_steps": _NONNEG,
+    "ckpt.keep_last": _POS,
+    "logging.log_every": _POS,
+    "trainer.max_steps": _NONNEG,
+    "trainer.eval_steps": _NONNEG,
     **{f"placement.{k}": _POS for k in ("num_nodes", "rollout_num_nodes", "learner_num_nodes")},
     **{f"placement.{k}": _NONNEG for k in ("cpus_per_engine", "gpus_per_engine", "cpus_per_scorer")},
-    **{f"placement.{k}": (lambda v: bool(v.strip()) and v not in _BUILTIN_RESOURCES,
-                          "a custom resource name (not empty, not CPU/GPU/memory)")
-       for k in ("learner_node_resource", "rollout_node_resource")},
+    **{
+        f"placement.{k}": (
+            lambda v: bool(v.strip()) and v not in _BUILTIN_RESOURCES,
+            "a custom resource name (not empty, not CPU/GPU/memory)",
+        )
+        for k in ("learner_node_resource", "rollout_node_resource")
+    },
     **{f"logo_data.{k}": _POS for k in ("num_relevant", "context_chunks", "shard_size", "max_new_tokens")},
-    "logo_data.num_partial": _NONNEG, "logo_data.sparse_ratio": _between(0, 1),
-    "logo_data.generation_temperature": _NONNEG, "logo_data.generation_top_p": _between(0, 1, lo_open=True),
+    "logo_data.num_partial": _NONNEG,
+    "logo_data.sparse_ratio": _between(0, 1),
+    "logo_data.generation_temperature": _NONNEG,
+    "logo_data.generation_top_p": _between(0, 1, lo_open=True),
 }
 
 
@@ -81,36 +120,54 @@ def validate(cfg: LcrayConfig) -> None:
     lr = cfg.learner
     per_step = lr.micro_train_batch_size * lr.num_learners
     if lr.train_batch_size % per_step:
-        raise ConfigError(f"learner.train_batch_size: must be divisible by learner.micro_train_batch_size * "
-                          f"learner.num_learners ({lr.micro_train_batch_size}*{lr.num_learners}={per_step}), "
-                          f"got {lr.train_batch_size}", key="learner.train_batch_size")
+        raise ConfigError(
+            f"learner.train_batch_size: must be divisible by learner.micro_train_batch_size * "
+            f"learner.num_learners ({lr.micro_train_batch_size}*{lr.num_learners}={per_step}), "
+            f"got {lr.train_batch_size}",
+            key="learner.train_batch_size",
+        )
     if cfg.scorer.reward == "reward_model" and not cfg.scorer.reward_model_path:
-        raise ConfigError("scorer.reward_model_path: must be set when scorer.reward=reward_model",
-                          key="scorer.reward_model_path")
+        raise ConfigError(
+            "scorer.reward_model_path: must be set when scorer.reward=reward_model", key="scorer.reward_model_path"
+        )
     ld = cfg.logo_data
     for key, ok, rule in (
-            ("logo_data.num_partial", ld.num_partial < ld.num_relevant,
-             f"< logo_data.num_relevant ({ld.num_relevant}): the partial prompt must miss some relevant chunk"),
-            ("logo_data.context_chunks", ld.context_chunks >= ld.num_relevant,
-             f">= logo_data.num_relevant ({ld.num_relevant}): C' holds every relevant chunk"),
-            ("logo_data.max_new_tokens", ld.max_new_tokens < cfg.data.target_len,
-             f"< data.target_len ({cfg.data.target_len}): answers take the window's last ids")):
+        (
+            "logo_data.num_partial",
+            ld.num_partial < ld.num_relevant,
+            f"< logo_data.num_relevant ({ld.num_relevant}): the partial prompt must miss some relevant chunk",
+        ),
+        (
+            "logo_data.context_chunks",
+            ld.context_chunks >= ld.num_relevant,
+            f">= logo_data.num_relevant ({ld.num_relevant}): C' holds every relevant chunk",
+        ),
+        (
+            "logo_data.max_new_tokens",
+            ld.max_new_tokens < cfg.data.target_len,
+            f"< data.target_len ({cfg.data.target_len}): answers take the window's last ids",
+        ),
+    ):
         if not ok:
             raise ConfigError(f"{key}: must be {rule}, got {_get(cfg, key)!r}", key=key)
     pl = cfg.placement
     if pl.colocate and cfg.rollout.num_engines != lr.num_learners:  # bundle i holds learner i and engine i
-        raise ConfigError(f"placement.colocate: must be false unless rollout.num_engines == learner.num_learners, "
-                          f"got {cfg.rollout.num_engines} engines and {lr.num_learners} learners", key="placement.colocate")
+        raise ConfigError(
+            f"placement.colocate: must be false unless rollout.num_engines == learner.num_learners, "
+            f"got {cfg.rollout.num_engines} engines and {lr.num_learners} learners",
+            key="placement.colocate",
+        )
     for role, n_nodes, n_actors, count_key in (
-            ("rollout", pl.rollout_num_nodes, cfg.rollout.num_engines, "rollout.num_engines"),
-            ("learner", pl.learner_num_nodes, lr.num_learners, "learner.num_learners")):
+        ("rollout", pl.rollout_num_nodes, cfg.rollout.num_engines, "rollout.num_engines"),
+        ("learner", pl.learner_num_nodes, lr.num_learners, "learner.num_learners"),
+    ):
         key = f"placement.{role}_num_nodes"
         if n_nodes > pl.num_nodes:
             raise ConfigError(f"{key}: must be <= placement.num_nodes ({pl.num_nodes}), got {n_nodes}", key=key)
         if n_nodes > n_actors:  # a node with no actor of the role is a wasted reservation
             raise ConfigError(f"{key}: must be <= {count_key} ({n_actors}), got {n_nodes}", key=key)
         if n_nodes > 1 and pl.strategy == "STRICT_PACK":
-            raise ConfigError(f"{key}: must be 1 with placement.strategy=STRICT_PACK (all bundles on one node), "
-                              f"got {n_nodes}", key=key)
-
-
+            raise ConfigError(
+                f"{key}: must be 1 with placement.strategy=STRICT_PACK (all bundles on one node), got {n_nodes}",
+                key=key,
+            )

@@ -8,9 +8,11 @@ For training, cut the token ids (`chunk_tokens`) and keep those ids: re-tokenizi
 chunk text can merge differently at the boundaries. `chunk_text` is for the importance
 scorers, which read text.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def _check_size(chunk_size: int) -> None:
@@ -22,7 +24,7 @@ def chunk_tokens(ids: Sequence[int], chunk_size: int) -> list[list[int]]:
     """Split ids into chunks of chunk_size (the last may be shorter); [] for no ids."""
     _check_size(chunk_size)
     ids = list(ids)
-    return [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)]
+    return [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
 
 
 def chunk_text(text: str, tokenizer: Any, chunk_size: int) -> list[str]:
@@ -41,5 +43,7 @@ def chunk_text(text: str, tokenizer: Any, chunk_size: int) -> list[str]:
         starts = [0] + [offsets[i][0] for i in range(chunk_size, len(offsets), chunk_size)] + [len(text)]
         return [text[a:b] for a, b in zip(starts, starts[1:]) if b > a]
     ids = tokenizer.encode(text, add_special_tokens=False)
-    return [tokenizer.decode(c, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            for c in chunk_tokens(ids, chunk_size)]
+    return [
+        tokenizer.decode(c, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        for c in chunk_tokens(ids, chunk_size)
+    ]

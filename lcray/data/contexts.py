@@ -9,11 +9,13 @@ drives SoLoPO's cost saving (cheaper than long-context PO whenever rho < 1/sqrt(
 their token counts; `render_prompt` wraps a block + question into the model prompt (the
 same instruction for both, so the counts differ only by the documents).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,8 +56,9 @@ def render_prompt(context: str, question: str, tokenizer: Any = None) -> str:
     """
     content = f"Documents:\n{context}\n\nQuestion: {question}\n{INSTRUCTION}"
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
     return content + "\n"
 
 
@@ -63,8 +66,7 @@ def _count(tokenizer: Any, texts: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
 
-def _short_by_importance(record: QARecord, docs: list[str], tokenizer: Any, budget: int,
-                         importance: str) -> list[int]:
+def _short_by_importance(record: QARecord, docs: list[str], tokenizer: Any, budget: int, importance: str) -> list[int]:
     """Without supporting labels: the best-scored documents (question + gold answer, as LOGO's
     evaluator does) while they fit in `budget` tokens -- always at least the best one."""
     scores = make_importance_scorer(importance).score(record.question, docs, record.answers[0])
@@ -77,21 +79,33 @@ def _short_by_importance(record: QARecord, docs: list[str], tokenizer: Any, budg
     return sorted(chosen)
 
 
-def _candidates(order: np.ndarray, pool: list[str], n_own: int, answers: list[str],
-                tokenizer: Any) -> Iterator[tuple[str, int]]:
+def _candidates(
+    order: np.ndarray, pool: list[str], n_own: int, answers: list[str], tokenizer: Any
+) -> Iterator[tuple[str, int]]:
     """Distractors in shuffled order with their token cost as one more numbered document.
     Documents from the external pool (index >= n_own) that mention a gold answer are dropped:
     a stray answer would turn a distractor into evidence."""
     golds = [g for g in (normalize_answer(a) for a in answers) if g]
     for start in range(0, len(order), _BATCH):
-        texts = [pool[j] for j in order[start:start + _BATCH]
-                 if j < n_own or not any(g in normalize_answer(pool[j]) for g in golds)]
+        texts = [
+            pool[j]
+            for j in order[start : start + _BATCH]
+            if j < n_own or not any(g in normalize_answer(pool[j]) for g in golds)
+        ]
         yield from zip(texts, _count(tokenizer, [f"\n\nDocument 10: {t}" for t in texts]))
 
 
-def build_contexts(record: QARecord, tokenizer: Any, *, long_tokens: int, seed: int,
-                   pool: Optional[Sequence[str]] = None, max_short_tokens: Optional[int] = None,
-                   chunk_tokens: int = 512, importance: str = "bm25") -> ContextPair:
+def build_contexts(
+    record: QARecord,
+    tokenizer: Any,
+    *,
+    long_tokens: int,
+    seed: int,
+    pool: Sequence[str] | None = None,
+    max_short_tokens: int | None = None,
+    chunk_tokens: int = 512,
+    importance: str = "bm25",
+) -> ContextPair:
     """Short and long contexts for one record; deterministic in (seed, record.id).
 
     short: the supporting documents in their original order. Records without supporting
@@ -115,8 +129,7 @@ def build_contexts(record: QARecord, tokenizer: Any, *, long_tokens: int, seed: 
     else:
         raise ValueError(f"record {record.id!r} has neither documents nor context")
     if not supporting:
-        supporting = _short_by_importance(record, docs, tokenizer, max_short_tokens or long_tokens // 4,
-                                          importance)
+        supporting = _short_by_importance(record, docs, tokenizer, max_short_tokens or long_tokens // 4, importance)
     short_docs = [docs[i] for i in supporting]
     short = format_documents(short_docs)
     short_tokens = _count(tokenizer, [short])[0]
@@ -129,7 +142,7 @@ def build_contexts(record: QARecord, tokenizer: Any, *, long_tokens: int, seed: 
     n_own = len(dict.fromkeys(d for d in own if d not in taken))
     chosen: list[str] = []
     used, misses = short_tokens, 0
-    overshoot: Optional[tuple[str, int]] = None
+    overshoot: tuple[str, int] | None = None
     for text, cost in _candidates(rng.permutation(len(cand)), cand, n_own, record.answers, tokenizer):
         if used + cost <= long_tokens:
             chosen.append(text)
@@ -148,7 +161,9 @@ def build_contexts(record: QARecord, tokenizer: Any, *, long_tokens: int, seed: 
     long = format_documents(long_docs)
     n_long = _count(tokenizer, [long])[0]
     if n_long < 0.85 * long_tokens:
-        log.debug("record %s: long context has %d tokens, asked for %d (distractors ran out)",
-                  record.id, n_long, long_tokens)
-    return ContextPair(short=short, long=long, rho=short_tokens / max(n_long, 1),
-                       short_tokens=short_tokens, long_tokens=n_long)
+        log.debug(
+            "record %s: long context has %d tokens, asked for %d (distractors ran out)", record.id, n_long, long_tokens
+        )
+    return ContextPair(
+        short=short, long=long, rho=short_tokens / max(n_long, 1), short_tokens=short_tokens, long_tokens=n_long
+    )

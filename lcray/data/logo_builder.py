@@ -28,15 +28,17 @@ generate call, split by the RolloutPool over its engines; Ray Data is not needed
 Output: out_dir/shard-00000.parquet ... (lcray.data.schema layout) and manifest.json, both
 written atomically; a re-run skips the shards the manifest lists.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -87,13 +89,21 @@ def _chunks(record: QARecord, tokenizer: Any, size: int) -> tuple[list[list[int]
     return ids, texts
 
 
-def _plan(record: QARecord, ids: list[list[int]], texts: list[str], scores: Sequence[float], *,
-          tokenizer: Any, cfg: Any, shard_seed: int) -> _Plan | str:
+def _plan(
+    record: QARecord,
+    ids: list[list[int]],
+    texts: list[str],
+    scores: Sequence[float],
+    *,
+    tokenizer: Any,
+    cfg: Any,
+    shard_seed: int,
+) -> _Plan | str:
     """Select chunks, lay out C' and its position ids; a str is the reason to skip the record."""
     ld, K, M = cfg.logo_data, cfg.data.target_len, cfg.algo.logo.num_negatives
     rng = np.random.default_rng(stable_seed("lcray.logo_data", shard_seed, record.id))
     ranked = sorted(range(len(ids)), key=lambda i: (-scores[i], i))
-    top = [i for i in ranked[:ld.num_relevant] if scores[i] > ld.min_score]  # best first
+    top = [i for i in ranked[: ld.num_relevant] if scores[i] > ld.min_score]  # best first
     if not top:
         return "no_relevant_chunk"
     top_set = set(top)
@@ -121,17 +131,26 @@ def _plan(record: QARecord, ids: list[list[int]], texts: list[str], scores: Sequ
     if real + ld.max_new_tokens > K:
         return "exceeds_target_len"
     mode = mixed_mode(rng, ld.sparse_ratio)
-    pos = synthesize_position_ids(lens, qa_len=len(suffix_ids) + ld.max_new_tokens, target_len=K,
-                                  mode=mode, rng=rng)[:real]
+    pos = synthesize_position_ids(lens, qa_len=len(suffix_ids) + ld.max_new_tokens, target_len=K, mode=mode, rng=rng)[
+        :real
+    ]
     prompt_ids = prefix_ids + [t for i in context for t in ids[i]] + suffix_ids
-    meta = {"real_len": real, "window": K, "position_span": int(pos[-1] - pos[0] + 1), "mode": mode,
-            "num_chunks": len(ids), "relevant_chunks": sorted(top), "context_chunks": context,
-            "negative_chunks": negatives}
+    meta = {
+        "real_len": real,
+        "window": K,
+        "position_span": int(pos[-1] - pos[0] + 1),
+        "mode": mode,
+        "num_chunks": len(ids),
+        "relevant_chunks": sorted(top),
+        "context_chunks": context,
+        "negative_chunks": negatives,
+    }
     return _Plan(record, texts, sorted(top), negatives, prompt_ids, [int(p) for p in pos], meta)
 
 
-def build_logo_shard(records: Sequence[QARecord], *, tokenizer: Any, rollout: Any, scorers: Any, cfg: Any,
-                     shard_seed: int) -> tuple[list[PreferenceExample], dict]:
+def build_logo_shard(
+    records: Sequence[QARecord], *, tokenizer: Any, rollout: Any, scorers: Any, cfg: Any, shard_seed: int
+) -> tuple[list[PreferenceExample], dict]:
     """LOGO examples for a batch of records, plus stats (counts, skip reasons, lengths).
 
     rollout: anything with generate(prompts, SamplingConfig) -> list[GenerationResult]
@@ -142,14 +161,19 @@ def build_logo_shard(records: Sequence[QARecord], *, tokenizer: Any, rollout: An
     """
     ld, M = cfg.logo_data, cfg.algo.logo.num_negatives
     chunked = [_chunks(r, tokenizer, cfg.data.chunk_tokens) for r in records]
-    items = [{"question": r.question, "chunks": texts, "answer": r.answers[0] if r.answers else None}
-             for r, (_, texts) in zip(records, chunked)]
+    items = [
+        {"question": r.question, "chunks": texts, "answer": r.answers[0] if r.answers else None}
+        for r, (_, texts) in zip(records, chunked)
+    ]
     all_scores = scorers.score_chunks(items) if items else []
     skipped: Counter = Counter()
     plans: list[_Plan] = []
     for r, (ids, texts), scores in zip(records, chunked, all_scores):
-        p = (_plan(r, ids, texts, scores, tokenizer=tokenizer, cfg=cfg, shard_seed=shard_seed)
-             if ids else "empty_context")
+        p = (
+            _plan(r, ids, texts, scores, tokenizer=tokenizer, cfg=cfg, shard_seed=shard_seed)
+            if ids
+            else "empty_context"
+        )
         if isinstance(p, str):
             skipped[p] += 1
         else:
@@ -163,31 +187,44 @@ def build_logo_shard(records: Sequence[QARecord], *, tokenizer: Any, rollout: An
     # noise and the chosen / rejected answers (and answers of different records) would be coupled
     # -- with a near-flat model they come out identical. The engine's own RNG is independent per
     # request; shard_seed still fixes every choice made here (chunks, position ids).
-    sampling = SamplingConfig(n=1, temperature=ld.generation_temperature, top_p=ld.generation_top_p,
-                              max_new_tokens=ld.max_new_tokens, seed=None)
+    sampling = SamplingConfig(
+        n=1,
+        temperature=ld.generation_temperature,
+        top_p=ld.generation_top_p,
+        max_new_tokens=ld.max_new_tokens,
+        seed=None,
+    )
     results = rollout.generate(prompts, sampling) if prompts else []
     if len(results) != len(prompts):
         raise RuntimeError(f"rollout returned {len(results)} results for {len(prompts)} prompts")
 
     examples: list[PreferenceExample] = []
     for j, p in enumerate(plans):
-        comps = [res.completions[0] for res in results[j * (M + 1):(j + 1) * (M + 1)]]
+        comps = [res.completions[0] for res in results[j * (M + 1) : (j + 1) * (M + 1)]]
         if any(not c.token_ids or not c.text.strip() for c in comps):
             skipped["empty_response"] += 1
             continue
         if any(c.text.strip() == comps[0].text.strip() or c.token_ids == comps[0].token_ids for c in comps[1:]):
             skipped["rejected_equals_chosen"] += 1
             continue
-        examples.append(PreferenceExample(
-            id=p.record.id, prompt_ids=p.prompt_ids, prompt_position_ids=p.position_ids,
-            chosen_ids=list(comps[0].token_ids), rejected_ids=[list(c.token_ids) for c in comps[1:]],
-            meta=p.meta))
+        examples.append(
+            PreferenceExample(
+                id=p.record.id,
+                prompt_ids=p.prompt_ids,
+                prompt_position_ids=p.position_ids,
+                chosen_ids=list(comps[0].token_ids),
+                rejected_ids=[list(c.token_ids) for c in comps[1:]],
+                meta=p.meta,
+            )
+        )
 
     def mean(xs: list[float]) -> float:
         return round(float(np.mean(xs)), 2) if xs else 0.0
 
     stats = {
-        "records": len(records), "examples": len(examples), "skipped": dict(sorted(skipped.items())),
+        "records": len(records),
+        "examples": len(examples),
+        "skipped": dict(sorted(skipped.items())),
         "target_len": cfg.data.target_len,
         "real_len_mean": mean([e.meta["real_len"] for e in examples]),
         "real_len_max": max((e.meta["real_len"] for e in examples), default=0),
@@ -222,7 +259,7 @@ class LogoManifest:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LogoManifest":
+    def from_dict(cls, d: dict) -> LogoManifest:
         return cls(**{k: d[k] for k in ("config_hash", "settings", "num_shards", "shards", "totals")})
 
 
@@ -230,17 +267,25 @@ def _settings(cfg: Any, records: Sequence[QARecord], tokenizer: Any) -> dict:
     """Everything that changes the built data (output_dir and progress bars do not)."""
     ld = {f"logo_data.{k}": v for k, v in asdict(cfg.logo_data).items() if k != "output_dir"}
     fingerprint = hashlib.sha256("\x1f".join(f"{r.id}\x1e{r.question}" for r in records).encode()).hexdigest()
-    return {"data.chunk_tokens": cfg.data.chunk_tokens, "data.target_len": cfg.data.target_len,
-            "data.seed": cfg.data.seed, "algo.logo.num_negatives": cfg.algo.logo.num_negatives, **ld,
-            "model.name_or_path": cfg.model.name_or_path, "scorer.importance": cfg.scorer.importance,
-            "vocab_size": len(tokenizer), "num_records": len(records), "records_sha256": fingerprint[:16]}
+    return {
+        "data.chunk_tokens": cfg.data.chunk_tokens,
+        "data.target_len": cfg.data.target_len,
+        "data.seed": cfg.data.seed,
+        "algo.logo.num_negatives": cfg.algo.logo.num_negatives,
+        **ld,
+        "model.name_or_path": cfg.model.name_or_path,
+        "scorer.importance": cfg.scorer.importance,
+        "vocab_size": len(tokenizer),
+        "num_records": len(records),
+        "records_sha256": fingerprint[:16],
+    }
 
 
 def _hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_manifest(out_dir: str | Path) -> Optional[LogoManifest]:
+def read_manifest(out_dir: str | Path) -> LogoManifest | None:
     """The manifest in out_dir, or None when there is none yet."""
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
@@ -255,12 +300,23 @@ def _totals(shards: list[dict]) -> dict:
     skipped: Counter = Counter()
     for s in shards:
         skipped.update(s["stats"].get("skipped", {}))
-    return {"records": sum(s["num_records"] for s in shards), "examples": sum(s["num_examples"] for s in shards),
-            "skipped": dict(sorted(skipped.items()))}
+    return {
+        "records": sum(s["num_records"] for s in shards),
+        "examples": sum(s["num_examples"] for s in shards),
+        "skipped": dict(sorted(skipped.items())),
+    }
 
 
-def build_logo_dataset(records: Sequence[QARecord], *, cfg: Any, tokenizer: Any, rollout: Any, scorers: Any,
-                       out_dir: str | Path | None = None, progress: bool = True) -> LogoManifest:
+def build_logo_dataset(
+    records: Sequence[QARecord],
+    *,
+    cfg: Any,
+    tokenizer: Any,
+    rollout: Any,
+    scorers: Any,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> LogoManifest:
     """Build (or finish) the LOGO dataset of `records` in out_dir (default logo_data.output_dir).
 
     Records are cut into shards of logo_data.shard_size; shard i is written to
@@ -276,35 +332,50 @@ def build_logo_dataset(records: Sequence[QARecord], *, cfg: Any, tokenizer: Any,
     num_shards = -(-len(records) // size)
     manifest = read_manifest(out)
     if manifest is not None and manifest.config_hash != _hash(settings):
-        changed = [f"{k}: {manifest.settings.get(k)!r} -> {settings.get(k)!r}"
-                   for k in sorted(set(settings) | set(manifest.settings)) if manifest.settings.get(k) != settings.get(k)]
-        raise LogoDataError(f"{out} holds a LOGO dataset built with other settings ({'; '.join(changed)}); "
-                            f"delete that folder or choose another logo_data.output_dir")
+        changed = [
+            f"{k}: {manifest.settings.get(k)!r} -> {settings.get(k)!r}"
+            for k in sorted(set(settings) | set(manifest.settings))
+            if manifest.settings.get(k) != settings.get(k)
+        ]
+        raise LogoDataError(
+            f"{out} holds a LOGO dataset built with other settings ({'; '.join(changed)}); "
+            f"delete that folder or choose another logo_data.output_dir"
+        )
     if manifest is None:
         manifest = LogoManifest(_hash(settings), settings, num_shards)
     manifest.shards = [s for s in manifest.shards if (out / s["file"]).is_file()]  # a vanished file is rebuilt
     done = {s["index"] for s in manifest.shards}
-    bar = tqdm(total=num_shards, initial=len(done), desc="LOGO shards", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=num_shards, initial=len(done), desc="LOGO shards", disable=not progress, dynamic_ncols=True)
     try:
         for i in range(num_shards):
             if i in done:
                 continue
-            shard = records[i * size:(i + 1) * size]
-            seed = stable_seed("lcray.logo_data.shard", cfg.data.seed, i) % (2 ** 31)
-            examples, stats = build_logo_shard(shard, tokenizer=tokenizer, rollout=rollout, scorers=scorers,
-                                               cfg=cfg, shard_seed=seed)
+            shard = records[i * size : (i + 1) * size]
+            seed = stable_seed("lcray.logo_data.shard", cfg.data.seed, i) % (2**31)
+            examples, stats = build_logo_shard(
+                shard, tokenizer=tokenizer, rollout=rollout, scorers=scorers, cfg=cfg, shard_seed=seed
+            )
             name = f"shard-{i:05d}.parquet"
             buf = pa.BufferOutputStream()
             pq.write_table(examples_to_table(examples), buf)
             atomic_write_bytes(out / name, buf.getvalue().to_pybytes())
-            manifest.shards = sorted(manifest.shards + [{"index": i, "file": name, "num_records": len(shard),
-                                                          "num_examples": len(examples), "stats": stats}],
-                                     key=lambda s: s["index"])
+            manifest.shards = sorted(
+                manifest.shards
+                + [
+                    {"index": i, "file": name, "num_records": len(shard), "num_examples": len(examples), "stats": stats}
+                ],
+                key=lambda s: s["index"],
+            )
             manifest.totals = _totals(manifest.shards)
             atomic_write_text(out / MANIFEST, json.dumps(manifest.to_dict(), indent=1))
-            log.info("LOGO shard %d/%d: %d examples from %d records (skipped %s)", i + 1, num_shards,
-                     len(examples), len(shard), stats["skipped"])
+            log.info(
+                "LOGO shard %d/%d: %d examples from %d records (skipped %s)",
+                i + 1,
+                num_shards,
+                len(examples),
+                len(shard),
+                stats["skipped"],
+            )
             bar.update(1)
     finally:
         bar.close()

@@ -18,9 +18,10 @@ long attention. Layout of `synthesize_position_ids(chunk_lens, qa_len, target_le
 
 The paper mixes the modes 9:1 continuous:sparse; `mixed_mode` draws one.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,8 +41,9 @@ def slice_bounds(num_chunks: int, window: int) -> np.ndarray:
     return (np.arange(num_chunks + 1, dtype=np.int64) * window) // max(num_chunks, 1)
 
 
-def synthesize_position_ids(chunk_lens: Sequence[int], qa_len: int, target_len: int, *,
-                            mode: str, rng: np.random.Generator) -> np.ndarray:
+def synthesize_position_ids(
+    chunk_lens: Sequence[int], qa_len: int, target_len: int, *, mode: str, rng: np.random.Generator
+) -> np.ndarray:
     """Position ids (int64, length sum(chunk_lens) + qa_len) spreading the chunks over a
     target_len window; see the module docstring for the layout. Raises ValueError for
     impossible requests (too long for the window, non-positive lengths, unknown mode)."""
@@ -54,8 +56,9 @@ def synthesize_position_ids(chunk_lens: Sequence[int], qa_len: int, target_len: 
     target_len = _positive_int("target_len", target_len)
     total = sum(lens)
     if total + qa_len > target_len:
-        raise ValueError(f"{total} context tokens + {qa_len} question/answer tokens do not fit in "
-                         f"target_len={target_len}")
+        raise ValueError(
+            f"{total} context tokens + {qa_len} question/answer tokens do not fit in target_len={target_len}"
+        )
     window = target_len - qa_len
     qa = np.arange(window, target_len, dtype=np.int64)
     if not lens:
@@ -87,7 +90,7 @@ def _fallback(lens: list[int], window: int, mode: str, rng: np.random.Generator)
 
 
 def mixed_mode(rng: np.random.Generator, sparse_ratio: float = 0.1) -> str:
-    """"sparse" with probability sparse_ratio, else "continuous" (LOGO's 9:1 mix)."""
+    """ "sparse" with probability sparse_ratio, else "continuous" (LOGO's 9:1 mix)."""
     if not 0.0 <= sparse_ratio <= 1.0:
         raise ValueError(f"sparse_ratio must be in [0, 1], got {sparse_ratio}")
     return "sparse" if rng.random() < sparse_ratio else "continuous"

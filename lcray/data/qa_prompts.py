@@ -1,15 +1,17 @@
 """QA data for the trainers: records -> short/long prompts (SoLoPO sampling, SoLo-RA, held-out
 eval for both workloads), sampled answers -> preference pairs, and offline pairs files."""
+
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from lcray.data.contexts import build_contexts, render_prompt
 from lcray.data.records import DataError, QARecord, read_records
-from lcray.data.synthetic import make_synthetic_records
 from lcray.data.schema import PreferenceExample
+from lcray.data.synthetic import make_synthetic_records
 from lcray.engines import Completion
 
 
@@ -33,8 +35,13 @@ def load_qa_records(data: Any, split: str) -> list[QARecord]:
         return list(read_records(path, on_error=data.on_error, format=data.format))
     n = data.num_synthetic_train if split == "train" else data.num_synthetic_eval
     seed = data.seed if split == "train" else data.seed + 10_000
-    return make_synthetic_records(n, seed=seed, entity_pool="train" if split == "train" else "test",
-                                  num_support=data.synthetic_hops, num_distractors=data.synthetic_distractors)
+    return make_synthetic_records(
+        n,
+        seed=seed,
+        entity_pool="train" if split == "train" else "test",
+        num_support=data.synthetic_hops,
+        num_distractors=data.synthetic_distractors,
+    )
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -42,20 +49,40 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def build_prompts(records: Sequence[QARecord], tokenizer: Any, *, long_tokens: int, max_short_tokens: int | None,
-                  seed: int, distractor_pool: Sequence[str] = ()) -> list[QAPrompt]:
+def build_prompts(
+    records: Sequence[QARecord],
+    tokenizer: Any,
+    *,
+    long_tokens: int,
+    max_short_tokens: int | None,
+    seed: int,
+    distractor_pool: Sequence[str] = (),
+) -> list[QAPrompt]:
     out = []
     for r in records:
-        pair = build_contexts(r, tokenizer, long_tokens=long_tokens, seed=seed, pool=list(distractor_pool),
-                              max_short_tokens=max_short_tokens)
+        pair = build_contexts(
+            r,
+            tokenizer,
+            long_tokens=long_tokens,
+            seed=seed,
+            pool=list(distractor_pool),
+            max_short_tokens=max_short_tokens,
+        )
         short_ids = _ids(tokenizer, render_prompt(pair.short, r.question, tokenizer))
         long_ids = _ids(tokenizer, render_prompt(pair.long, r.question, tokenizer))
         out.append(QAPrompt(r.id, list(r.answers), short_ids, long_ids, len(short_ids) / max(len(long_ids), 1)))
     return out
 
 
-def make_pairs(prompt: QAPrompt, completions: Sequence[Completion], correct: Sequence[bool], *,
-               rng: random.Random, max_pairs: int = 1, long_po: bool = False) -> list[PreferenceExample]:
+def make_pairs(
+    prompt: QAPrompt,
+    completions: Sequence[Completion],
+    correct: Sequence[bool],
+    *,
+    rng: random.Random,
+    max_pairs: int = 1,
+    long_po: bool = False,
+) -> list[PreferenceExample]:
     """chosen = a correct sample, rejected = an incorrect one (SoLoPO data construction, step 4).
 
     No pair when every sample is correct or every one is wrong (no contrast). Distinct samples
@@ -73,13 +100,15 @@ def make_pairs(prompt: QAPrompt, completions: Sequence[Completion], correct: Seq
             break
         if chosen.token_ids == rejected.token_ids:
             continue
-        pairs.append(PreferenceExample(
-            id=prompt.id,
-            prompt_ids=prompt.long_ids if long_po else prompt.short_ids,
-            chosen_ids=list(chosen.token_ids),
-            rejected_ids=[list(rejected.token_ids)],
-            long_prompt_ids=None if long_po else prompt.long_ids,
-        ))
+        pairs.append(
+            PreferenceExample(
+                id=prompt.id,
+                prompt_ids=prompt.long_ids if long_po else prompt.short_ids,
+                chosen_ids=list(chosen.token_ids),
+                rejected_ids=[list(rejected.token_ids)],
+                long_prompt_ids=None if long_po else prompt.long_ids,
+            )
+        )
     return pairs
 
 
@@ -91,8 +120,17 @@ def _text_or_chat(value: Any, tokenizer: Any, *, prompt: bool) -> str:
     raise TypeError(f"expected a string or a list of chat messages, got {type(value).__name__}")
 
 
-def pair_from_row(row: Any, default_id: str, tokenizer: Any, *, prompt_key: str, chosen_key: str, rejected_key: str,
-                  long_prompt_key: str = "long_prompt", long_po: bool = False) -> PreferenceExample:
+def pair_from_row(
+    row: Any,
+    default_id: str,
+    tokenizer: Any,
+    *,
+    prompt_key: str,
+    chosen_key: str,
+    rejected_key: str,
+    long_prompt_key: str = "long_prompt",
+    long_po: bool = False,
+) -> PreferenceExample:
     """One offline pair: short prompt, long prompt (already rendered text, or chat messages),
     chosen and rejected answer text. Raises DataError naming the field."""
     if not isinstance(row, dict):

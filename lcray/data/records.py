@@ -11,6 +11,7 @@ Reading is strict by default: a malformed row raises `DataError` naming the file
 1-based row and the field, so a bad line in a 100k-row file is found in one look.
 With on_error="skip" bad rows are dropped, counted and logged once per file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,9 +19,10 @@ import io
 import json
 import logging
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,8 +39,7 @@ _EXT_FORMAT = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet
 class DataError(ValueError):
     """A malformed input row. `path`, `row` (1-based) and `field` say where, when known."""
 
-    def __init__(self, msg: str, *, path: str | None = None, row: int | None = None,
-                 field: str | None = None) -> None:
+    def __init__(self, msg: str, *, path: str | None = None, row: int | None = None, field: str | None = None) -> None:
         where = ": ".join(p for p in (path, None if row is None else f"row {row}") if p)
         super().__init__(f"{where}: {msg}" if where else msg)
         self.path, self.row, self.field = path, row, field
@@ -69,7 +70,7 @@ class QARecord:
     documents: list[str] = field(default_factory=list)
     supporting: list[int] = field(default_factory=list)
     distractors: list[str] = field(default_factory=list)
-    context: Optional[str] = None
+    context: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,8 +86,9 @@ class ReadResult(list):
     skipped: number of rows dropped; errors: their DataErrors, in file order.
     """
 
-    def __init__(self, records: Iterable[QARecord] = (), skipped: int = 0,
-                 errors: Optional[list[DataError]] = None) -> None:
+    def __init__(
+        self, records: Iterable[QARecord] = (), skipped: int = 0, errors: list[DataError] | None = None
+    ) -> None:
         super().__init__(records)
         self.skipped = skipped
         self.errors: list[DataError] = list(errors or [])
@@ -112,7 +114,7 @@ def _describe(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _first(row: dict, *names: str) -> tuple[Optional[str], Any]:
+def _first(row: dict, *names: str) -> tuple[str | None, Any]:
     """The first of `names` present with a non-null value: (name, value), else (None, None)."""
     for n in names:
         if row.get(n) is not None:
@@ -146,8 +148,9 @@ def _musique_paragraphs(v: Any) -> tuple[list[str], list[int]]:
     docs, sup = [], []
     for i, p in enumerate(v):
         if not isinstance(p, dict) or not isinstance(p.get("paragraph_text"), str):
-            raise _FieldError(f"paragraphs[{i}]", "expected an object with a string 'paragraph_text', "
-                                                  f"got {_describe(p)}")
+            raise _FieldError(
+                f"paragraphs[{i}]", f"expected an object with a string 'paragraph_text', got {_describe(p)}"
+            )
         docs.append(_titled(p.get("title"), p["paragraph_text"]))
         if p.get("is_supporting"):
             sup.append(i)
@@ -184,8 +187,9 @@ def _supporting_facts(v: Any, titles: list[str]) -> list[int]:
     if isinstance(v, dict) and isinstance(v.get("title"), list):
         names = v["title"]
     elif isinstance(v, (list, tuple)):
-        names = [f[0] if isinstance(f, (list, tuple)) and f else (f.get("title") if isinstance(f, dict) else None)
-                 for f in v]
+        names = [
+            f[0] if isinstance(f, (list, tuple)) and f else (f.get("title") if isinstance(f, dict) else None) for f in v
+        ]
     else:
         names = None
     if names is None or any(not isinstance(n, str) for n in names):
@@ -226,13 +230,16 @@ def _parse(row: Any, default_id: str) -> QARecord:
         raise _FieldError("answers", "missing (expected 'answers', 'answer' or 'golden_answers')")
     answers = _str_list(name, a, allow_str=True)
     if row.get("answer_aliases") is not None:  # MuSiQue: other accepted spellings
-        answers += [x for x in _str_list("answer_aliases", row["answer_aliases"], non_empty=False)
-                    if x.strip() and x not in answers]
+        answers += [
+            x
+            for x in _str_list("answer_aliases", row["answer_aliases"], non_empty=False)
+            if x.strip() and x not in answers
+        ]
 
     documents: list[str] = []
     supporting: list[int] = []
     titles: list[str] = []
-    context: Optional[str] = None
+    context: str | None = None
     if row.get("documents") is not None:
         documents = _str_list("documents", row["documents"], non_empty=False)
     elif row.get("paragraphs") is not None:
@@ -245,8 +252,7 @@ def _parse(row: Any, default_id: str) -> QARecord:
     elif ctx is not None:
         raise _FieldError("context", f"expected a string when 'documents' is given, got {_describe(ctx)}")
     if not documents and context is None:
-        raise _FieldError("documents", "no documents and no context (expected 'documents', "
-                                       "'paragraphs' or 'context')")
+        raise _FieldError("documents", "no documents and no context (expected 'documents', 'paragraphs' or 'context')")
 
     if row.get("supporting") is not None:
         v = row["supporting"]
@@ -262,8 +268,15 @@ def _parse(row: Any, default_id: str) -> QARecord:
     distractors = []
     if row.get("distractors") is not None:
         distractors = _str_list("distractors", row["distractors"], non_empty=False)
-    return QARecord(id=rid, question=question, answers=answers, documents=documents,
-                    supporting=sorted(set(supporting)), distractors=distractors, context=context)
+    return QARecord(
+        id=rid,
+        question=question,
+        answers=answers,
+        documents=documents,
+        supporting=sorted(set(supporting)),
+        distractors=distractors,
+        context=context,
+    )
 
 
 # ----------------------------------------------------------------------------- reading
@@ -274,12 +287,14 @@ def _resolve_format(path: Path, format: str) -> str:
         return format
     fmt = _EXT_FORMAT.get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
-                         f"pass format='jsonl', 'json' or 'parquet'")
+        raise ValueError(
+            f"{path}: cannot tell the format from the extension {path.suffix!r}; "
+            f"pass format='jsonl', 'json' or 'parquet'"
+        )
     return fmt
 
 
-def _json_rows(path: Path, where: str, fmt: str) -> Iterator[tuple[int, Any, Optional[str]]]:
+def _json_rows(path: Path, where: str, fmt: str) -> Iterator[tuple[int, Any, str | None]]:
     """(row number, parsed row or None, JSON error or None). JSONL rows are numbered by line
     (blank lines are skipped but keep their number, so 'row 7' is line 7 in an editor)."""
     text = path.read_text(encoding="utf-8")
@@ -300,7 +315,7 @@ def _json_rows(path: Path, where: str, fmt: str) -> Iterator[tuple[int, Any, Opt
             yield i, None, f"invalid JSON: {e.msg} (column {e.colno})"
 
 
-def _parquet_rows(path: Path, where: str) -> Iterator[tuple[int, Any, Optional[str]]]:
+def _parquet_rows(path: Path, where: str) -> Iterator[tuple[int, Any, str | None]]:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
@@ -312,8 +327,13 @@ def _parquet_rows(path: Path, where: str) -> Iterator[tuple[int, Any, Optional[s
             yield n, row, None
 
 
-def read_rows(path: str | os.PathLike[str], parse: Callable[[Any, str], Any], *,
-              on_error: Literal["raise", "skip"] = "raise", format: Format = "auto") -> ReadResult:
+def read_rows(
+    path: str | os.PathLike[str],
+    parse: Callable[[Any, str], Any],
+    *,
+    on_error: Literal["raise", "skip"] = "raise",
+    format: Format = "auto",
+) -> ReadResult:
     """Read rows from JSONL, JSON (array) or Parquet and turn each into an item with
     `parse(row, default_id)`, which raises DataError (with `field`) on a bad row.
 
@@ -342,34 +362,42 @@ def read_rows(path: str | os.PathLike[str], parse: Callable[[Any, str], Any], *,
             result.skipped += 1
             result.errors.append(e)
     if result.skipped:
-        log.warning("%s: skipped %d malformed row(s) of %d; first: %s", where, result.skipped,
-                    result.skipped + len(result), result.errors[0])
+        log.warning(
+            "%s: skipped %d malformed row(s) of %d; first: %s",
+            where,
+            result.skipped,
+            result.skipped + len(result),
+            result.errors[0],
+        )
     return result
 
 
-def read_records(path: str | os.PathLike[str], *, on_error: Literal["raise", "skip"] = "raise",
-                 format: Format = "auto") -> ReadResult:
+def read_records(
+    path: str | os.PathLike[str], *, on_error: Literal["raise", "skip"] = "raise", format: Format = "auto"
+) -> ReadResult:
     """Read QA records (see read_rows for errors and skipping), e.g. a bad row raises
     "data/train.jsonl: row 7: field 'question': expected a non-empty string, got 42".
     Rows without an id get "<file stem>-<row>"."""
-    return read_rows(path, lambda row, default_id: record_from_dict(row, default_id=default_id),
-                     on_error=on_error, format=format)
+    return read_rows(
+        path, lambda row, default_id: record_from_dict(row, default_id=default_id), on_error=on_error, format=format
+    )
 
 
 # ----------------------------------------------------------------------------- writing
-RECORD_SCHEMA = pa.schema([
-    pa.field("id", pa.string()),
-    pa.field("question", pa.string()),
-    pa.field("answers", pa.list_(pa.string())),
-    pa.field("documents", pa.list_(pa.string())),
-    pa.field("supporting", pa.list_(pa.int64())),
-    pa.field("distractors", pa.list_(pa.string())),
-    pa.field("context", pa.string()),
-])
+RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("question", pa.string()),
+        pa.field("answers", pa.list_(pa.string())),
+        pa.field("documents", pa.list_(pa.string())),
+        pa.field("supporting", pa.list_(pa.int64())),
+        pa.field("distractors", pa.list_(pa.string())),
+        pa.field("context", pa.string()),
+    ]
+)
 
 
-def write_records(records: Sequence[QARecord], path: str | os.PathLike[str], *,
-                  format: Format = "auto") -> Path:
+def write_records(records: Sequence[QARecord], path: str | os.PathLike[str], *, format: Format = "auto") -> Path:
     """Write records (canonical field names) to JSONL or Parquet, atomically.
 
     The format follows the extension (.jsonl/.json -> JSON lines, .parquet/.pq -> Parquet)

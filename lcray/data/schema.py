@@ -7,10 +7,11 @@ A row is a prompt, one chosen response and M rejected ones, all as token ids:
   answer is re-scored for short-to-long reward alignment (SoLo-RA); M = 1.
 Responses take the position ids right after their prompt's last id.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import pyarrow as pa
 
@@ -34,8 +35,8 @@ class PreferenceExample:
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[list[int]]  # M >= 1 dis-preferred responses
-    prompt_position_ids: Optional[list[int]] = None
-    long_prompt_ids: Optional[list[int]] = None
+    prompt_position_ids: list[int] | None = None
+    long_prompt_ids: list[int] | None = None
     id: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -80,7 +81,7 @@ class PreferenceExample:
         }
 
     @classmethod
-    def from_row(cls, row: dict) -> "PreferenceExample":
+    def from_row(cls, row: dict) -> PreferenceExample:
         return cls(
             id=row.get("id") or "",
             prompt_ids=list(row["prompt_ids"]),

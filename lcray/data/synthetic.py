@@ -18,6 +18,7 @@ on entity_pool="test" measures reading, not memorised entities. Within a record 
 a substring of another name or of the template text, so an answer string occurs exactly
 where the generator put it.
 """
+
 from __future__ import annotations
 
 import random
@@ -30,8 +31,29 @@ from lcray.data.records import QARecord, stable_seed
 EntityPool = Literal["train", "test"]
 ENTITY_POOLS = ("train", "test")
 
-_ONSETS = ("b", "br", "d", "dr", "f", "g", "gr", "h", "k", "l", "m", "n", "p", "r", "s", "st", "t",
-           "tr", "v", "z", "th")
+_ONSETS = (
+    "b",
+    "br",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "gr",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "st",
+    "t",
+    "tr",
+    "v",
+    "z",
+    "th",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ia", "ou")
 _CODAS = ("", "", "", "", "n", "r", "s", "l", "m", "nd", "sk")
 _MAX_NAME_LEN = 9
@@ -48,25 +70,53 @@ class _Relation:
 
 
 _RELATIONS = {
-    "capital": _Relation("country", "city", "{o} is the capital of {s}.", "the capital of {s}",
-                         "What is the capital of {s}?"),
-    "river": _Relation("city", "river", "The river {o} flows through {s}.",
-                       "the river that flows through {s}", "Which river flows through {s}?"),
-    "mayor": _Relation("city", "person", "{o} is the mayor of {s}.", "the mayor of {s}",
-                       "Who is the mayor of {s}?"),
-    "birthplace": _Relation("person", "city", "{s} was born in the city of {o}.",
-                            "the city where {s} was born", "In which city was {s} born?"),
-    "employer": _Relation("person", "company", "{s} works for the company {o}.",
-                          "the company that {s} works for", "Which company does {s} work for?"),
-    "founder": _Relation("company", "person", "{s} was founded by {o}.", "the founder of {s}",
-                         "Who founded {s}?"),
-    "headquarters": _Relation("company", "city", "{s} has its headquarters in {o}.",
-                              "the city where {s} has its headquarters",
-                              "In which city does {s} have its headquarters?"),
-    "country_of": _Relation("city", "country", "{s} is a city in the country of {o}.",
-                            "the country where {s} lies", "In which country does {s} lie?"),
-    "mountain": _Relation("country", "mountain", "The highest mountain in {s} is {o}.",
-                          "the highest mountain in {s}", "What is the highest mountain in {s}?"),
+    "capital": _Relation(
+        "country", "city", "{o} is the capital of {s}.", "the capital of {s}", "What is the capital of {s}?"
+    ),
+    "river": _Relation(
+        "city",
+        "river",
+        "The river {o} flows through {s}.",
+        "the river that flows through {s}",
+        "Which river flows through {s}?",
+    ),
+    "mayor": _Relation("city", "person", "{o} is the mayor of {s}.", "the mayor of {s}", "Who is the mayor of {s}?"),
+    "birthplace": _Relation(
+        "person",
+        "city",
+        "{s} was born in the city of {o}.",
+        "the city where {s} was born",
+        "In which city was {s} born?",
+    ),
+    "employer": _Relation(
+        "person",
+        "company",
+        "{s} works for the company {o}.",
+        "the company that {s} works for",
+        "Which company does {s} work for?",
+    ),
+    "founder": _Relation("company", "person", "{s} was founded by {o}.", "the founder of {s}", "Who founded {s}?"),
+    "headquarters": _Relation(
+        "company",
+        "city",
+        "{s} has its headquarters in {o}.",
+        "the city where {s} has its headquarters",
+        "In which city does {s} have its headquarters?",
+    ),
+    "country_of": _Relation(
+        "city",
+        "country",
+        "{s} is a city in the country of {o}.",
+        "the country where {s} lies",
+        "In which country does {s} lie?",
+    ),
+    "mountain": _Relation(
+        "country",
+        "mountain",
+        "The highest mountain in {s} is {o}.",
+        "the highest mountain in {s}",
+        "What is the highest mountain in {s}?",
+    ),
 }
 # Follow-ups that would contradict the previous hop (a capital lying in another country).
 _FORBIDDEN_NEXT = {("capital", "country_of")}
@@ -84,22 +134,32 @@ _PLACE = (
     "Photographs of {s} from {year} show how much it has changed.",
 )
 _FILLERS = {
-    "country": _PLACE + ("{s} has a population of about {n} million people.",
-                         "Farmers in {s} grow fruit and grain on {adj} hills.",
-                         "{s} has a long coast and many small harbours."),
-    "city": _PLACE + ("{s} has {n} bridges and a busy market.",
-                      "The old town of {s} has narrow streets and {adj} houses.",
-                      "About {n} thousand people live in {s}."),
+    "country": _PLACE
+    + (
+        "{s} has a population of about {n} million people.",
+        "Farmers in {s} grow fruit and grain on {adj} hills.",
+        "{s} has a long coast and many small harbours.",
+    ),
+    "city": _PLACE
+    + (
+        "{s} has {n} bridges and a busy market.",
+        "The old town of {s} has narrow streets and {adj} houses.",
+        "About {n} thousand people live in {s}.",
+    ),
     "river": _PLACE,
     "mountain": _PLACE,
-    "person": ("{s} studied history at a small school in the north.",
-               "{s} has written {n} short books about {thing}.",
-               "Friends describe {s} as a patient and careful worker.",
-               "{s} enjoys long walks in the {season}."),
-    "company": ("{s} employs about {n} hundred people.",
-                "{s} makes tools, paper and glass.",
-                "{s} opened its first shop in {year}.",
-                "{s} sells its goods in {n} towns."),
+    "person": (
+        "{s} studied history at a small school in the north.",
+        "{s} has written {n} short books about {thing}.",
+        "Friends describe {s} as a patient and careful worker.",
+        "{s} enjoys long walks in the {season}.",
+    ),
+    "company": (
+        "{s} employs about {n} hundred people.",
+        "{s} makes tools, paper and glass.",
+        "{s} opened its first shop in {year}.",
+        "{s} sells its goods in {n} towns.",
+    ),
 }
 _SLOTS = {
     "adj": ("green", "old", "busy", "calm", "bright", "windy"),
@@ -108,9 +168,12 @@ _SLOTS = {
 }
 # Every fixed word a document or question can contain: names must never hide inside it.
 _TEMPLATE_TEXT = " ".join(
-    [f"{r.fact} {r.np} {r.question}" for r in _RELATIONS.values()] + list(_FILLERS_ANY)
-    + [t for ts in _FILLERS.values() for t in ts] + [w for ws in _SLOTS.values() for w in ws]
-    + list(_COMPANY_SUFFIXES) + ["Mount Document Question Answer"]
+    [f"{r.fact} {r.np} {r.question}" for r in _RELATIONS.values()]
+    + list(_FILLERS_ANY)
+    + [t for ts in _FILLERS.values() for t in ts]
+    + [w for ws in _SLOTS.values() for w in ws]
+    + list(_COMPANY_SUFFIXES)
+    + ["Mount Document Question Answer"]
 ).lower()
 
 
@@ -133,8 +196,12 @@ class _Names:
             w = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(n_syl))
             w = w.capitalize()
             low = w.lower()
-            if (4 <= len(w) <= _MAX_NAME_LEN and name_pool(w) == self.pool and low not in _TEMPLATE_TEXT
-                    and not any(low in u or u in low for u in self.used)):
+            if (
+                4 <= len(w) <= _MAX_NAME_LEN
+                and name_pool(w) == self.pool
+                and low not in _TEMPLATE_TEXT
+                and not any(low in u or u in low for u in self.used)
+            ):
                 self.used.append(low)
                 return w
 
@@ -153,8 +220,15 @@ def _document(rng: random.Random, subject: str, kind: str, fact: str | None, n_s
     templates = list(_FILLERS_ANY + _FILLERS[kind])
     n_fill = n_sentences - (fact is not None)
     chosen = rng.sample(templates, min(n_fill, len(templates)))
-    sentences = [t.format(s=subject, n=rng.randint(2, 90), year=rng.randint(1400, 1990),
-                          **{k: rng.choice(v) for k, v in _SLOTS.items()}) for t in chosen]
+    sentences = [
+        t.format(
+            s=subject,
+            n=rng.randint(2, 90),
+            year=rng.randint(1400, 1990),
+            **{k: rng.choice(v) for k, v in _SLOTS.items()},
+        )
+        for t in chosen
+    ]
     if fact is not None:
         sentences.insert(rng.randint(0, len(sentences)), fact)
     return " ".join(s[:1].upper() + s[1:] for s in sentences)
@@ -165,8 +239,11 @@ def _chain(rng: random.Random, hops: int) -> list[str]:
     while True:
         path = [rng.choice(sorted(_RELATIONS))]
         while len(path) < hops:
-            nxt = [n for n, r in sorted(_RELATIONS.items())
-                   if r.subj == _RELATIONS[path[-1]].obj and (path[-1], n) not in _FORBIDDEN_NEXT]
+            nxt = [
+                n
+                for n, r in sorted(_RELATIONS.items())
+                if r.subj == _RELATIONS[path[-1]].obj and (path[-1], n) not in _FORBIDDEN_NEXT
+            ]
             if not nxt:
                 break
             path.append(rng.choice(nxt))
@@ -174,8 +251,9 @@ def _chain(rng: random.Random, hops: int) -> list[str]:
             return path
 
 
-def _record(i: int, seed: int, pool: EntityPool, num_support: int, num_distractors: int,
-            doc_sentences: tuple[int, int]) -> QARecord:
+def _record(
+    i: int, seed: int, pool: EntityPool, num_support: int, num_distractors: int, doc_sentences: tuple[int, int]
+) -> QARecord:
     rng = random.Random(stable_seed("lcray.synthetic", seed, pool, i))
     names = _Names(rng, pool)
     n_sent = lambda: rng.randint(*doc_sentences)  # noqa: E731
@@ -199,8 +277,7 @@ def _record(i: int, seed: int, pool: EntityPool, num_support: int, num_distracto
     for _ in range(num_distractors - near_miss):
         rel = _RELATIONS[rng.choice(path) if rng.random() < 0.5 else rng.choice(sorted(_RELATIONS))]
         subj = names.entity(rel.subj)
-        distractors.append(_document(rng, subj, rel.subj, rel.fact.format(s=subj, o=names.entity(rel.obj)),
-                                     n_sent()))
+        distractors.append(_document(rng, subj, rel.subj, rel.fact.format(s=subj, o=names.entity(rel.obj)), n_sent()))
     if near_miss:  # about the question's own entity, without the fact that leads to the answer
         distractors.append(_document(rng, entities[0], _RELATIONS[path[0]].subj, None, n_sent()))
 
@@ -209,13 +286,24 @@ def _record(i: int, seed: int, pool: EntityPool, num_support: int, num_distracto
     rng.shuffle(order)
     documents = [documents[j] for j in order]
     supporting = sorted(order.index(j) for j in range(len(support)))
-    return QARecord(id=f"synthetic-{pool}-{seed}-{i}", question=question, answers=[entities[-1]],
-                    documents=documents, supporting=supporting)
+    return QARecord(
+        id=f"synthetic-{pool}-{seed}-{i}",
+        question=question,
+        answers=[entities[-1]],
+        documents=documents,
+        supporting=supporting,
+    )
 
 
-def make_synthetic_records(n: int, *, seed: int, num_support: int = 2, num_distractors: int = 20,
-                           entity_pool: EntityPool = "train",
-                           doc_sentences: tuple[int, int] = (3, 6)) -> list[QARecord]:
+def make_synthetic_records(
+    n: int,
+    *,
+    seed: int,
+    num_support: int = 2,
+    num_distractors: int = 20,
+    entity_pool: EntityPool = "train",
+    doc_sentences: tuple[int, int] = (3, 6),
+) -> list[QARecord]:
     """n deterministic k-hop QA records (k = num_support supporting documents each).
 
     Same arguments -> identical records; record i does not depend on n (a shorter list is a

@@ -1,4 +1,5 @@
 """Generation back ends behind one interface (base.GenerationEngine)."""
+
 from lcray.engines.base import Completion, GenerationEngine, GenerationResult, SamplingConfig
 
 

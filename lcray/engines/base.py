@@ -3,14 +3,16 @@
 Rollout code (actors, trainers, the LOGO builder) only sees `GenerationEngine`; which back
 end runs underneath is a config switch (`rollout.backend`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence, Union
+from typing import Protocol
 
 import torch
 
-Prompt = Union[str, Sequence[int]]  # raw text, or already-tokenized ids
+Prompt = str | Sequence[int]  # raw text, or already-tokenized ids
 
 
 @dataclass

@@ -3,10 +3,11 @@
 Slow (one prompt at a time, no paged KV cache) but exact and dependency-free; also a
 reference for the vLLM engine in tests.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -51,9 +52,11 @@ class HFEngine:
             )
             # Raw (unprocessed) log-probs of the sampled tokens, as vLLM reports them.
             logps = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [n, steps, V]
-            new = out.sequences[:, len(ids):]
+            new = out.sequences[:, len(ids) :]
             token_logps = logps.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-            results.append(GenerationResult(ids, [self._completion(new[i], token_logps[i], sampling) for i in range(sampling.n)]))
+            results.append(
+                GenerationResult(ids, [self._completion(new[i], token_logps[i], sampling) for i in range(sampling.n)])
+            )
         return results
 
     def _completion(self, new_ids: torch.Tensor, logps: torch.Tensor, sampling: SamplingConfig) -> Completion:
@@ -79,4 +82,9 @@ class HFEngine:
         self.weight_version += 1
 
     def health(self) -> dict:
-        return {"backend": "transformers", "model": self.model_path, "pid": os.getpid(), "weight_version": self.weight_version}
+        return {
+            "backend": "transformers",
+            "model": self.model_path,
+            "pid": os.getpid(),
+            "weight_version": self.weight_version,
+        }

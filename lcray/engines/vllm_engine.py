@@ -8,11 +8,12 @@ Facts that shape this file (docs/architecture.md, measured here):
 - the CPU KV cache is sized by VLLM_CPU_KVCACHE_SPACE (GiB), the GPU one by
   gpu_memory_utilization.
 """
+
 from __future__ import annotations
 
 import os
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 

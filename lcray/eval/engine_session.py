@@ -5,6 +5,7 @@ Shared by the QA runner (lcray.eval.runner) and the needle sweep (lcray.eval.nee
 neither, so both can import it at the top. Nothing heavy is imported at the top: engines and
 vLLM load on use.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,11 +13,12 @@ import gc
 import json
 import logging
 import os
-from typing import Any, Iterator, Sequence, Union
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
@@ -24,8 +26,9 @@ def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
 
 
-def start_engine(model_path: PathLike, *, backend: str = "vllm", max_model_len: int, dtype: str = "float32",
-                 seed: int = 0) -> Any:
+def start_engine(
+    model_path: PathLike, *, backend: str = "vllm", max_model_len: int, dtype: str = "float32", seed: int = 0
+) -> Any:
     """One in-process engine whose window fits `max_model_len` (prompt + new tokens).
 
     Checked against the model's max_position_embeddings first: vLLM would refuse anyway, but
@@ -36,15 +39,18 @@ def start_engine(model_path: PathLike, *, backend: str = "vllm", max_model_len: 
     path = resolve_model_path(model_path)
     limit = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
     if isinstance(limit, int) and max_model_len > limit:
-        raise ValueError(f"the longest prompt + answer needs {max_model_len} tokens but {path.name} has a "
-                         f"{limit}-token window; use shorter --lengths / --needle-lengths")
+        raise ValueError(
+            f"the longest prompt + answer needs {max_model_len} tokens but {path.name} has a "
+            f"{limit}-token window; use shorter --lengths / --needle-lengths"
+        )
     log.info("eval: starting %s engine for %s (max_model_len=%d)", backend, path, max_model_len)
     return create_engine(backend, str(path), dtype=dtype, max_model_len=max_model_len, seed=seed)
 
 
 @contextlib.contextmanager
-def engine_session(model_path: PathLike, *, backend: str = "vllm", max_model_len: int, dtype: str = "float32",
-                   seed: int = 0) -> Iterator[Any]:
+def engine_session(
+    model_path: PathLike, *, backend: str = "vllm", max_model_len: int, dtype: str = "float32", seed: int = 0
+) -> Iterator[Any]:
     """start_engine for a with-block, then undo what an in-process vLLM leaves behind: a
     torch.distributed (gloo) group and a dozen environment variables (LD_PRELOAD,
     LOCAL_WORLD_SIZE, ...). Without this, training or DeepSpeed started later in the same

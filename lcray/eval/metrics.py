@@ -7,14 +7,15 @@ reward during training and a metric at evaluation can never disagree.
 Every metric takes a prediction and one gold (str) or several golds (list of str) and
 returns the best score over the golds, as LongBench does for multi-answer questions.
 """
+
 from __future__ import annotations
 
 import re
 import string
 from collections import Counter
-from typing import Sequence, Union
+from collections.abc import Sequence
 
-Golds = Union[str, Sequence[str]]
+Golds = str | Sequence[str]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)

@@ -14,6 +14,7 @@ in the "Answer: ..." part. Results form a depth x length grid, rendered as a hea
 Work is split in phases (make cases -> score them with an engine) so `lcray eval` can size ONE
 engine for both the QA tasks and the sweep before generating anything.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -22,9 +23,10 @@ import json
 import os
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from statistics import mean
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 from lcray.eval.engine_session import count_tokens, engine_session
 from lcray.eval.metrics import sub_em
@@ -66,10 +68,8 @@ def _filler_pool(tokenizer: Any, need_tokens: int, seed: int) -> tuple[list[str]
     sentences: dict[str, int] = {}
     total, batch = 0, 0
     while total < need_tokens:
-        recs = make_synthetic_records(8, seed=stable_seed("lcray.needle.hay", seed, batch) % 2**31,
-                                      entity_pool="test")
-        new = [s for r in recs for d in r.documents for s in _SENTENCE_END.split(d)
-               if s.strip() and s not in sentences]
+        recs = make_synthetic_records(8, seed=stable_seed("lcray.needle.hay", seed, batch) % 2**31, entity_pool="test")
+        new = [s for r in recs for d in r.documents for s in _SENTENCE_END.split(d) if s.strip() and s not in sentences]
         new = list(dict.fromkeys(new))
         costs = [len(ids) for ids in tokenizer([" " + s for s in new], add_special_tokens=False)["input_ids"]]
         sentences.update(zip(new, costs))
@@ -80,8 +80,9 @@ def _filler_pool(tokenizer: Any, need_tokens: int, seed: int) -> tuple[list[str]
     return list(sentences), list(sentences.values())
 
 
-def make_needle_cases(tokenizer: Any, *, lengths: Sequence[int], depths: Sequence[float],
-                      num_trials: int = 1, seed: int = 0) -> list[NeedleCase]:
+def make_needle_cases(
+    tokenizer: Any, *, lengths: Sequence[int], depths: Sequence[float], num_trials: int = 1, seed: int = 0
+) -> list[NeedleCase]:
     """All (length, depth, trial) haystacks; deterministic in seed.
 
     Each trial has its own entity and its own shuffle of the filler pool; within a trial every
@@ -97,8 +98,12 @@ def make_needle_cases(tokenizer: Any, *, lengths: Sequence[int], depths: Sequenc
     if num_trials < 1:
         raise ValueError(f"num_trials must be >= 1, got {num_trials}")
     pool, costs = _filler_pool(tokenizer, int(max(lengths) * 1.2) + 64, seed)
-    entities = [r.answers[0] for r in make_synthetic_records(
-        num_trials, seed=stable_seed("lcray.needle.entity", seed) % 2**31, entity_pool="test")]
+    entities = [
+        r.answers[0]
+        for r in make_synthetic_records(
+            num_trials, seed=stable_seed("lcray.needle.entity", seed) % 2**31, entity_pool="test"
+        )
+    ]
     cases = []
     for trial, entity in enumerate(entities):
         rng = random.Random(stable_seed("lcray.needle", seed, trial))
@@ -125,9 +130,18 @@ def make_needle_cases(tokenizer: Any, *, lengths: Sequence[int], depths: Sequenc
                 before = " ".join(hay[:k])
                 context = " ".join(hay[:k] + [needle] + hay[k:])
                 n_tokens = len(tokenizer(context, add_special_tokens=False)["input_ids"])
-                cases.append(NeedleCase(length=length, depth=float(depth), trial=trial, entity=entity,
-                                        number=number, context=context, context_tokens=n_tokens,
-                                        needle_offset=len(before) + (1 if before else 0)))
+                cases.append(
+                    NeedleCase(
+                        length=length,
+                        depth=float(depth),
+                        trial=trial,
+                        entity=entity,
+                        number=number,
+                        context=context,
+                        context_tokens=n_tokens,
+                        needle_offset=len(before) + (1 if before else 0),
+                    )
+                )
     return cases
 
 
@@ -171,10 +185,12 @@ class NeedleResult:
             lines.append(f"| {d:g} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
         col = [mean(row[j] for row in self.scores) for j in range(len(self.lengths))]
         lines.append("| **Average** | " + " | ".join(f"{v:.3f}" for v in col) + " |")
-        return "\n".join(lines) + f"\n\nNeedle sweep: sub-EM, {self.num_trials} trial(s) per cell, " \
-                                  f"overall {self.average:.3f}.\n"
+        return (
+            "\n".join(lines) + f"\n\nNeedle sweep: sub-EM, {self.num_trials} trial(s) per cell, "
+            f"overall {self.average:.3f}.\n"
+        )
 
-    def save(self, out_dir: Union[str, os.PathLike[str]], *, heatmap: bool = True) -> dict[str, str]:
+    def save(self, out_dir: str | os.PathLike[str], *, heatmap: bool = True) -> dict[str, str]:
         """needle.json, needle.md and (if matplotlib is installed) needle.png, atomically."""
         from lcray.utils.fs import atomic_write_text
 
@@ -187,15 +203,17 @@ class NeedleResult:
         return paths
 
 
-def score_needle(engine: Any, cases: Sequence[NeedleCase], tokenizer: Any, *, max_new_tokens: int = 16,
-                 model: str = "") -> NeedleResult:
+def score_needle(
+    engine: Any, cases: Sequence[NeedleCase], tokenizer: Any, *, max_new_tokens: int = 16, model: str = ""
+) -> NeedleResult:
     """Greedy answers for every case (one batched generate call), scored by sub-EM."""
     from lcray.eval.qa import evaluate_answers
 
     if not cases:
         raise ValueError("no needle cases to score")
-    preds = evaluate_answers(engine, needle_prompts(cases, tokenizer), [[c.number] for c in cases],
-                             max_new_tokens=max_new_tokens)["predictions"]
+    preds = evaluate_answers(
+        engine, needle_prompts(cases, tokenizer), [[c.number] for c in cases], max_new_tokens=max_new_tokens
+    )["predictions"]
     lengths = list(dict.fromkeys(c.length for c in cases))
     depths = list(dict.fromkeys(c.depth for c in cases))
     cell: dict[tuple[int, float], list[float]] = {}
@@ -203,24 +221,48 @@ def score_needle(engine: Any, cases: Sequence[NeedleCase], tokenizer: Any, *, ma
     for c, p in zip(cases, preds):
         s = sub_em(p, c.number)
         cell.setdefault((c.length, c.depth), []).append(s)
-        trials.append({"length": c.length, "depth": c.depth, "trial": c.trial, "entity": c.entity,
-                       "number": c.number, "context_tokens": c.context_tokens, "prediction": p, "score": s})
+        trials.append(
+            {
+                "length": c.length,
+                "depth": c.depth,
+                "trial": c.trial,
+                "entity": c.entity,
+                "number": c.number,
+                "context_tokens": c.context_tokens,
+                "prediction": p,
+                "score": s,
+            }
+        )
     return NeedleResult(
-        lengths=lengths, depths=depths, scores=[[mean(cell[(n, d)]) for n in lengths] for d in depths],
-        num_trials=max(c.trial for c in cases) + 1, model=model, trials=trials,
-        context_tokens=[mean(c.context_tokens for c in cases if c.length == n) for n in lengths])
+        lengths=lengths,
+        depths=depths,
+        scores=[[mean(cell[(n, d)]) for n in lengths] for d in depths],
+        num_trials=max(c.trial for c in cases) + 1,
+        model=model,
+        trials=trials,
+        context_tokens=[mean(c.context_tokens for c in cases if c.length == n) for n in lengths],
+    )
 
 
-def needle_sweep(model: Any, tokenizer: Any = None, *, lengths: Sequence[int], depths: Sequence[float],
-                 num_trials: int = 1, seed: int = 0, backend: str = "vllm", max_new_tokens: int = 16,
-                 dtype: str = "float32") -> NeedleResult:
+def needle_sweep(
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    num_trials: int = 1,
+    seed: int = 0,
+    backend: str = "vllm",
+    max_new_tokens: int = 16,
+    dtype: str = "float32",
+) -> NeedleResult:
     """Run the sweep. `model`: a model path/name (an engine is started for it, sized to the
     longest prompt, and released afterwards: lcray.eval.engine_session) or anything with
     `.generate` (then `tokenizer`, or the engine's `.tokenizer`, renders the prompts)."""
     from lcray.models import load_tokenizer, resolve_model_path
 
     is_path = isinstance(model, (str, os.PathLike))
-    path: Optional[str] = str(resolve_model_path(model)) if is_path else None
+    path: str | None = str(resolve_model_path(model)) if is_path else None
     tokenizer = tokenizer or (load_tokenizer(path) if path else getattr(model, "tokenizer", None))
     if tokenizer is None:
         raise ValueError("needle_sweep needs a tokenizer when given an engine without .tokenizer")
@@ -228,12 +270,13 @@ def needle_sweep(model: Any, tokenizer: Any = None, *, lengths: Sequence[int], d
     if not is_path:
         return score_needle(model, cases, tokenizer, max_new_tokens=max_new_tokens)
     longest = max(count_tokens(tokenizer, needle_prompts(cases, tokenizer)))
-    with engine_session(path, backend=backend, max_model_len=longest + max_new_tokens, dtype=dtype,
-                        seed=seed) as engine:
+    with engine_session(
+        path, backend=backend, max_model_len=longest + max_new_tokens, dtype=dtype, seed=seed
+    ) as engine:
         return score_needle(engine, cases, tokenizer, max_new_tokens=max_new_tokens, model=str(model))
 
 
-def render_heatmap(result: NeedleResult, path: Union[str, os.PathLike[str]], *, title: Optional[str] = None) -> str:
+def render_heatmap(result: NeedleResult, path: str | os.PathLike[str], *, title: str | None = None) -> str:
     """Depth (y, 0 at the top) x length (x) grid, colour = score 0..1, each cell annotated.
 
     Uses matplotlib's Agg canvas directly (no pyplot): no global backend switch, safe in
@@ -245,8 +288,7 @@ def render_heatmap(result: NeedleResult, path: Union[str, os.PathLike[str]], *, 
         raise ImportError("render_heatmap needs matplotlib: pip install matplotlib") from e
 
     grid = result.scores
-    fig = Figure(figsize=(max(4.0, 1.0 * len(result.lengths) + 2.5), max(3.0, 0.6 * len(result.depths) + 1.8)),
-                 dpi=100)
+    fig = Figure(figsize=(max(4.0, 1.0 * len(result.lengths) + 2.5), max(3.0, 0.6 * len(result.depths) + 1.8)), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     im = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")

@@ -15,6 +15,7 @@ phases to share one engine between the QA tasks and the needle sweep (lcray.eval
 
 This module imports nothing heavy at the top: the CLI imports it for `lcray --help`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,11 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 from lcray.eval.engine_session import PathLike, count_tokens, engine_session
 from lcray.eval.metrics import exact_match, qa_f1, rouge_l, sub_em
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METRICS = {"sub_em": sub_em, "f1": qa_f1, "em": exact_match, "rouge_l": rouge_l}
-Length = Optional[int]  # None = the record's own full context
+Length = int | None  # None = the record's own full context
 
 
 def length_label(length: Length) -> str:
@@ -45,7 +47,7 @@ def length_label(length: Length) -> str:
 
 
 def parse_lengths(text: str) -> list[Length]:
-    """"1000,2000,full" -> [1000, 2000, None] (order kept, duplicates dropped)."""
+    """ "1000,2000,full" -> [1000, 2000, None] (order kept, duplicates dropped)."""
     out: list[Length] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         value: Length = None if part.lower() == "full" else int(part)
@@ -74,7 +76,7 @@ class EvalTask:
             raise ValueError(f"task {self.name!r} has no records")
 
 
-def load_task_file(path: PathLike, metric: str = "sub_em", name: Optional[str] = None) -> EvalTask:
+def load_task_file(path: PathLike, metric: str = "sub_em", name: str | None = None) -> EvalTask:
     """A task from a JSONL / JSON / Parquet file of QA records (any layout read_records accepts);
     the name defaults to the file name without extension."""
     from lcray.data.records import read_records
@@ -124,8 +126,10 @@ class EvalReport:
             "model": self.model,
             "lengths": [length_label(n) for n in self.lengths],
             "scores": {t: {length_label(c.length): c.score for c in self.cells if c.task == t} for t in self.tasks},
-            "cells": [{**{k: v for k, v in asdict(c).items() if k != "examples"}, "length": length_label(c.length)}
-                      for c in self.cells],
+            "cells": [
+                {**{k: v for k, v in asdict(c).items() if k != "examples"}, "length": length_label(c.length)}
+                for c in self.cells
+            ],
             "average_by_length": self.length_averages(),
             "average": self.average,
         }
@@ -150,8 +154,9 @@ class EvalReport:
         paths = {"json": out / "results.json", "markdown": out / "results.md", "predictions": out / "predictions.jsonl"}
         atomic_write_text(paths["json"], self.to_json() + "\n")
         atomic_write_text(paths["markdown"], self.to_markdown())
-        rows = [json.dumps({"task": c.task, "length": length_label(c.length), **e})
-                for c in self.cells for e in c.examples]
+        rows = [
+            json.dumps({"task": c.task, "length": length_label(c.length), **e}) for c in self.cells for e in c.examples
+        ]
         atomic_write_text(paths["predictions"], "".join(r + "\n" for r in rows))
         return {k: str(v) for k, v in paths.items()}
 
@@ -166,8 +171,9 @@ class PreparedEval:
     max_prompt_tokens: int
 
 
-def prepare_eval(tasks: Sequence[EvalTask], tokenizer: Any, *, context_lengths: Sequence[Length] = (None,),
-                 seed: int = 0) -> PreparedEval:
+def prepare_eval(
+    tasks: Sequence[EvalTask], tokenizer: Any, *, context_lengths: Sequence[Length] = (None,), seed: int = 0
+) -> PreparedEval:
     """Render every prompt. Distractors for length L come from the documents (and distractor
     pools) of the task's other records; build_contexts drops any that mention the gold answer."""
     from lcray.data.contexts import build_contexts, format_documents, render_prompt
@@ -195,11 +201,21 @@ def prepare_eval(tasks: Sequence[EvalTask], tokenizer: Any, *, context_lengths: 
             keys.append((task, length))
             prompts.append([render_prompt(c, r.question, tokenizer) for c, r in zip(contexts, task.records)])
             tokens.append(n_tok)
-            log.info("eval: task %s length %s: %d prompts, %.0f context tokens on average", task.name,
-                     length_label(length), len(contexts), mean(n_tok))
+            log.info(
+                "eval: task %s length %s: %d prompts, %.0f context tokens on average",
+                task.name,
+                length_label(length),
+                len(contexts),
+                mean(n_tok),
+            )
             if length is not None and mean(n_tok) < 0.85 * length:  # results.json has the real count
-                log.warning("eval: task %s: asked for %d-token contexts, got %.0f on average (too few "
-                            "distractor documents in the task)", task.name, length, mean(n_tok))
+                log.warning(
+                    "eval: task %s: asked for %d-token contexts, got %.0f on average (too few "
+                    "distractor documents in the task)",
+                    task.name,
+                    length,
+                    mean(n_tok),
+                )
     longest = max((max(count_tokens(tokenizer, p)) for p in prompts), default=0)
     return PreparedEval(keys=keys, prompts=prompts, context_tokens=tokens, max_prompt_tokens=longest)
 
@@ -217,20 +233,37 @@ def run_prepared(engine: Any, prepared: PreparedEval, *, model: str = "", max_ne
         metric = METRICS[task.metric]
         examples = []
         for r in task.records:
-            examples.append({"id": r.id, "prediction": preds[i], "answers": r.answers,
-                             "score": metric(preds[i], r.answers)})
+            examples.append(
+                {"id": r.id, "prediction": preds[i], "answers": r.answers, "score": metric(preds[i], r.answers)}
+            )
             i += 1
-        cells.append(CellResult(task=task.name, length=length, metric=task.metric, n=len(examples),
-                                score=mean(e["score"] for e in examples), context_tokens=float(mean(n_tok)),
-                                examples=examples))
+        cells.append(
+            CellResult(
+                task=task.name,
+                length=length,
+                metric=task.metric,
+                n=len(examples),
+                score=mean(e["score"] for e in examples),
+                context_tokens=float(mean(n_tok)),
+                examples=examples,
+            )
+        )
     lengths = list(dict.fromkeys(length for _, length in prepared.keys))
     return EvalReport(model=model, lengths=lengths, cells=cells)
 
 
-def evaluate_model(model_path: Optional[PathLike], tasks: Sequence[EvalTask], *,
-                   context_lengths: Sequence[Length] = (None,), backend: str = "vllm", engine: Any = None,
-                   tokenizer: Any = None, max_new_tokens: int = 64, seed: int = 0,
-                   dtype: str = "float32") -> EvalReport:
+def evaluate_model(
+    model_path: PathLike | None,
+    tasks: Sequence[EvalTask],
+    *,
+    context_lengths: Sequence[Length] = (None,),
+    backend: str = "vllm",
+    engine: Any = None,
+    tokenizer: Any = None,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    dtype: str = "float32",
+) -> EvalReport:
     """Score `tasks` at each context length with greedy decoding.
 
     Starts one engine for `model_path` (released afterwards, see lcray.eval.engine_session) unless
@@ -248,26 +281,36 @@ def evaluate_model(model_path: Optional[PathLike], tasks: Sequence[EvalTask], *,
         return run_prepared(engine, prepared, model=model, max_new_tokens=max_new_tokens)
     if model_path is None:
         raise ValueError("evaluate_model needs model_path or engine")
-    with engine_session(model_path, backend=backend, dtype=dtype, seed=seed,
-                        max_model_len=prepared.max_prompt_tokens + max_new_tokens) as owned:
+    with engine_session(
+        model_path, backend=backend, dtype=dtype, seed=seed, max_model_len=prepared.max_prompt_tokens + max_new_tokens
+    ) as owned:
         return run_prepared(owned, prepared, model=model, max_new_tokens=max_new_tokens)
 
 
 # ----------------------------------------------------------------------------- CLI
 def _task_arg(spec: str) -> tuple[str, str]:
-    """"FILE[:metric]" -> (file, metric); a suffix that is not a metric stays part of the path."""
+    """ "FILE[:metric]" -> (file, metric); a suffix that is not a metric stays part of the path."""
     head, sep, tail = spec.rpartition(":")
     return (head, tail) if sep and tail in METRICS else (spec, "sub_em")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="tiny | smollm2 | a local HF model folder")
-    p.add_argument("--task", action="append", default=[], metavar="FILE[:METRIC]",
-                   help=f"QA records (JSONL/JSON/Parquet); metric one of {', '.join(METRICS)} "
-                        "(default sub_em). Repeatable.")
+    p.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="FILE[:METRIC]",
+        help=f"QA records (JSONL/JSON/Parquet); metric one of {', '.join(METRICS)} (default sub_em). Repeatable.",
+    )
     p.add_argument("--lengths", default="full", help="context lengths in tokens, e.g. 1000,2000,full (default: full)")
-    p.add_argument("--synthetic", type=int, default=None, metavar="N",
-                   help="add a synthetic multi-doc QA task of N records (test entity pool); default 20 when no --task")
+    p.add_argument(
+        "--synthetic",
+        type=int,
+        default=None,
+        metavar="N",
+        help="add a synthetic multi-doc QA task of N records (test entity pool); default 20 when no --task",
+    )
     p.add_argument("--needle", action="store_true", help="also run a needle-in-a-haystack sweep (heat-map PNG)")
     p.add_argument("--needle-lengths", default="500,1000,2000", help="haystack lengths in tokens")
     p.add_argument("--needle-depths", default="0,0.5,1", help="needle depths in [0, 1] (0 = start)")
@@ -300,19 +343,38 @@ def run(args: argparse.Namespace) -> int:
             path = resolve_model_path(args.model)
             tokenizer = load_tokenizer(path)
             tasks = _tasks_from_args(args)
-            prepared = prepare_eval(tasks, tokenizer, context_lengths=parse_lengths(args.lengths),
-                                    seed=args.seed) if tasks else None
-            cases = nd.make_needle_cases(tokenizer, lengths=[int(x) for x in args.needle_lengths.split(",")],
-                                         depths=[float(x) for x in args.needle_depths.split(",")],
-                                         num_trials=args.needle_trials, seed=args.seed) if args.needle else []
+            prepared = (
+                prepare_eval(tasks, tokenizer, context_lengths=parse_lengths(args.lengths), seed=args.seed)
+                if tasks
+                else None
+            )
+            cases = (
+                nd.make_needle_cases(
+                    tokenizer,
+                    lengths=[int(x) for x in args.needle_lengths.split(",")],
+                    depths=[float(x) for x in args.needle_depths.split(",")],
+                    num_trials=args.needle_trials,
+                    seed=args.seed,
+                )
+                if args.needle
+                else []
+            )
             if prepared is None and not cases:
                 raise ValueError("nothing to evaluate: give --task, --synthetic N > 0 or --needle")
             # one engine for everything, sized to the longest prompt of either kind
-            longest = max([prepared.max_prompt_tokens if prepared else 0]
-                          + count_tokens(tokenizer, nd.needle_prompts(cases, tokenizer)))
-            engine = stack.enter_context(engine_session(
-                path, backend=args.backend, max_model_len=longest + args.max_new_tokens, dtype=args.dtype,
-                seed=args.seed))
+            longest = max(
+                [prepared.max_prompt_tokens if prepared else 0]
+                + count_tokens(tokenizer, nd.needle_prompts(cases, tokenizer))
+            )
+            engine = stack.enter_context(
+                engine_session(
+                    path,
+                    backend=args.backend,
+                    max_model_len=longest + args.max_new_tokens,
+                    dtype=args.dtype,
+                    seed=args.seed,
+                )
+            )
         except (DataError, FileNotFoundError, ValueError) as e:
             print(f"lcray eval: error: {e}", file=sys.stderr)
             return 2

@@ -9,9 +9,10 @@ means. The paired version resamples question indices once and applies them to bo
 per-question correlation between two methods evaluated on the same questions is kept (much
 tighter than comparing two independent intervals). Deterministic for a given seed.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,8 +38,9 @@ def _check(num_resamples: int, confidence: float) -> None:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
 
 
-def _percentile_interval(values: np.ndarray, *, num_resamples: int, confidence: float,
-                         seed: int) -> tuple[float, float, float]:
+def _percentile_interval(
+    values: np.ndarray, *, num_resamples: int, confidence: float, seed: int
+) -> tuple[float, float, float]:
     n = values.size
     rng = np.random.default_rng(seed)
     means = np.empty(num_resamples, dtype=np.float64)
@@ -54,16 +56,19 @@ def _percentile_interval(values: np.ndarray, *, num_resamples: int, confidence: 
     return mean, float(min(low, mean)), float(max(high, mean))
 
 
-def bootstrap_ci(scores: Sequence[float], *, num_resamples: int = 2000, confidence: float = 0.95,
-                 seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    scores: Sequence[float], *, num_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """(mean, low, high): the mean of per-question `scores` and its percentile-bootstrap interval."""
     _check(num_resamples, confidence)
-    return _percentile_interval(_as_array(scores, "scores"), num_resamples=num_resamples,
-                                confidence=confidence, seed=seed)
+    return _percentile_interval(
+        _as_array(scores, "scores"), num_resamples=num_resamples, confidence=confidence, seed=seed
+    )
 
 
-def paired_difference_ci(a: Sequence[float], b: Sequence[float], *, num_resamples: int = 2000,
-                         confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def paired_difference_ci(
+    a: Sequence[float], b: Sequence[float], *, num_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """(mean(a - b), low, high) for two methods scored on the same questions, in the same order
     (e.g. a = method, b = base). The same resampled question indices are used for both."""
     _check(num_resamples, confidence)

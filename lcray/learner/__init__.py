@@ -2,6 +2,7 @@
 
 `PolicyLearner` is imported lazily so `lcray.learner.checkpoint` and friends stay cheap to import.
 """
+
 from __future__ import annotations
 
 from typing import Any

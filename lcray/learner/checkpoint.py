@@ -1,4 +1,5 @@
 """Writing models and learner checkpoints to disk (atomically)."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,9 @@ from lcray.learner import collectives
 from lcray.utils.fs import atomic_dir
 
 
-def write_hf_folder(state: dict[str, torch.Tensor], source_dir: str | os.PathLike[str], tokenizer: Any, out_dir: str | os.PathLike[str]) -> Path:
+def write_hf_folder(
+    state: dict[str, torch.Tensor], source_dir: str | os.PathLike[str], tokenizer: Any, out_dir: str | os.PathLike[str]
+) -> Path:
     """An HF model folder (config + safetensors shards + tokenizer) from a full state dict.
 
     Tensors are written straight to safetensors (sharded, tied weights de-duplicated by
@@ -72,7 +75,9 @@ def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
     return path if (path / "trainer_state.json").is_file() else None
 
 
-def save_checkpoint(learner: Any, root: str | os.PathLike[str], client_state: dict, *, keep_last: int = 2) -> str | None:
+def save_checkpoint(
+    learner: Any, root: str | os.PathLike[str], client_state: dict, *, keep_last: int = 2
+) -> str | None:
     """Collective: every rank calls it. Returns the checkpoint folder on rank 0."""
     from lcray.utils.fs import atomic_write_text
 
@@ -90,7 +95,9 @@ def save_checkpoint(learner: Any, root: str | os.PathLike[str], client_state: di
     if learner.rank != 0:
         _barrier()
         return None
-    (tmp / "trainer_state.json").write_text(json.dumps({"global_step": learner.global_step, "client_state": client_state}))
+    (tmp / "trainer_state.json").write_text(
+        json.dumps({"global_step": learner.global_step, "client_state": client_state})
+    )
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     atomic_write_text(root / LATEST, tag)

@@ -5,6 +5,7 @@ host works on CPU ranks and dies on the first multi-GPU step, so each helper put
 the learner's device (the DeepSpeed engine's) before the call. tests/learner/test_collectives.py
 checks that no other module calls torch.distributed's tensor collectives directly.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -2,6 +2,7 @@
 
 Rank 0 picks the rendezvous address and port and the others join it, as OpenRLHF does.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """DeepSpeed config from lcray's LearnerConfig (one place that knows DeepSpeed's JSON)."""
+
 from __future__ import annotations
 
 from lcray.config import LearnerConfig
@@ -14,8 +15,9 @@ def grad_accum_steps(learner: LearnerConfig, world_size: int) -> int:
     return learner.train_batch_size // per_step
 
 
-def build_ds_config(learner: LearnerConfig, world_size: int, *, with_optimizer: bool = True,
-                    backward_passes: int = 1) -> dict:
+def build_ds_config(
+    learner: LearnerConfig, world_size: int, *, with_optimizer: bool = True, backward_passes: int = 1
+) -> dict:
     """`backward_passes`: backward calls per micro-batch (2 with solo_ra.staged_backward).
 
     ZeRO reduces a parameter's gradient once per DeepSpeed micro-step, so each pass is its own
@@ -26,7 +28,9 @@ def build_ds_config(learner: LearnerConfig, world_size: int, *, with_optimizer: 
     zero: dict = {"stage": learner.zero_stage}
     if learner.zero_stage == 3:
         # Gather whole layers on demand; keep small params resident (cheap on small models).
-        zero.update(stage3_param_persistence_threshold=1e4, stage3_max_live_parameters=1e9, stage3_prefetch_bucket_size=5e7)
+        zero.update(
+            stage3_param_persistence_threshold=1e4, stage3_max_live_parameters=1e9, stage3_prefetch_bucket_size=5e7
+        )
     cfg: dict = {
         "train_batch_size": learner.train_batch_size * backward_passes,
         "train_micro_batch_size_per_gpu": learner.micro_train_batch_size,

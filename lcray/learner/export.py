@@ -1,5 +1,6 @@
 """Weights out of a learner rank: the full HF-named state dict (ZeRO-3 gathered, LoRA merged)
 for the engines and for HF folders."""
+
 from __future__ import annotations
 
 from typing import Any

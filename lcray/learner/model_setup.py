@@ -1,9 +1,11 @@
 """What a learner rank trains: the policy (RoPE overrides, gradient checkpointing, LoRA), the
 frozen DPO reference and the learning-rate schedule. No DeepSpeed step logic here (see step.py).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -58,14 +60,18 @@ def add_lora(model: torch.nn.Module, cfg: LcrayConfig) -> torch.nn.Module:
 
     lora = cfg.model.lora
     peft_cfg = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_cfg)
 
 
-def load_reference(cfg: LcrayConfig, model_path: str, ds_config: dict, ref_ds_config: dict, *,
-                   device: torch.device) -> Any:
+def load_reference(
+    cfg: LcrayConfig, model_path: str, ds_config: dict, ref_ds_config: dict, *, device: torch.device
+) -> Any:
     """Frozen reference for DPO: ADAPTERS_OFF with LoRA, else a separate frozen copy on `device`.
 
     Under ZeRO-3 the copy is partitioned like the policy (a DeepSpeed engine with no optimizer,
@@ -90,7 +96,8 @@ def scheduler_factory(learner: LearnerConfig, total_steps: int) -> Callable[[tor
         from transformers import get_scheduler
 
         name = "constant_with_warmup" if learner.lr_scheduler_type == "constant" else learner.lr_scheduler_type
-        return get_scheduler(name, optimizer, num_warmup_steps=learner.warmup_steps,
-                             num_training_steps=max(total_steps, 1))
+        return get_scheduler(
+            name, optimizer, num_warmup_steps=learner.warmup_steps, num_training_steps=max(total_steps, 1)
+        )
 
     return make

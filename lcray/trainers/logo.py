@@ -5,6 +5,7 @@ multi-negative reference-free LOGO loss on it (docs/algorithms.md, "LOGO").
 The same data also trains DPO / SimPO / ORPO (algo.loss_type; their pairwise loss is averaged
 over the M negatives).
 """
+
 from __future__ import annotations
 
 from lcray.data.logo_builder import build_logo_dataset, load_logo_dataset
@@ -21,11 +22,18 @@ class LOGOTrainer(PreferenceTrainer):
         """Build the data set with the policy's own (initial) weights; finished shards of an
         earlier run are reused, so a restarted job does not regenerate them."""
         cfg = self.cfg
-        manifest = build_logo_dataset(load_qa_records(cfg.data, "train"), cfg=cfg, tokenizer=self.tokenizer,
-                                      rollout=rt.rollout, scorers=rt.scorers, out_dir=cfg.logo_data.output_dir,
-                                      progress=cfg.logging.progress_bar)
+        manifest = build_logo_dataset(
+            load_qa_records(cfg.data, "train"),
+            cfg=cfg,
+            tokenizer=self.tokenizer,
+            rollout=rt.rollout,
+            scorers=rt.scorers,
+            out_dir=cfg.logo_data.output_dir,
+            progress=cfg.logging.progress_bar,
+        )
         self.examples = load_logo_dataset(cfg.logo_data.output_dir)
         if not self.examples:
-            raise ValueError(f"LOGO data in {cfg.logo_data.output_dir} has no examples; skipped records: "
-                             f"{manifest.totals}")
+            raise ValueError(
+                f"LOGO data in {cfg.logo_data.output_dir} has no examples; skipped records: {manifest.totals}"
+            )
         self.counters = {"examples": len(self.examples)}

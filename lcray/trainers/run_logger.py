@@ -1,9 +1,11 @@
 """Run logging: TensorBoard scalars (train/*, eval/*) and a console progress bar."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -11,8 +13,9 @@ log = logging.getLogger("lcray")
 
 
 class RunLogger:
-    def __init__(self, logdir: str | Path, *, total_steps: int, initial_step: int = 0, progress: bool = True,
-                 desc: str = "train") -> None:
+    def __init__(
+        self, logdir: str | Path, *, total_steps: int, initial_step: int = 0, progress: bool = True, desc: str = "train"
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.logdir = Path(logdir)

@@ -4,6 +4,7 @@ x_long) -> sync weights to the engines, every iteration (docs/algorithms.md, "So
 Also the paper's offline setting (`solopo.mode=offline`: a fixed pairs file) and the Long-PO
 baseline (`solopo.long_po=true`: PO on x_long, no SoLo-RA) on the same machinery.
 """
+
 from __future__ import annotations
 
 import random
@@ -45,15 +46,24 @@ class SoLoPOTrainer(PreferenceTrainer):
         else:
             if not s.pairs_path:
                 raise ValueError("solopo.mode=offline needs solopo.pairs_path (JSONL/Parquet of pairs)")
-            self.examples = list(read_rows(s.pairs_path, self._parse_pair, on_error=cfg.data.on_error, format=cfg.data.format))
+            self.examples = list(
+                read_rows(s.pairs_path, self._parse_pair, on_error=cfg.data.on_error, format=cfg.data.format)
+            )
             if not self.examples:
                 raise ValueError(f"{s.pairs_path}: no usable pairs")
 
     def _parse_pair(self, row: Any, default_id: str) -> PreferenceExample:
         d = self.cfg.data
-        return pair_from_row(row, default_id, self.tokenizer, prompt_key=d.prompt_key, chosen_key=d.chosen_key,
-                             rejected_key=d.rejected_key, long_prompt_key=self.cfg.solopo.long_prompt_key,
-                             long_po=self.cfg.solopo.long_po)
+        return pair_from_row(
+            row,
+            default_id,
+            self.tokenizer,
+            prompt_key=d.prompt_key,
+            chosen_key=d.chosen_key,
+            rejected_key=d.rejected_key,
+            long_prompt_key=self.cfg.solopo.long_prompt_key,
+            long_po=self.cfg.solopo.long_po,
+        )
 
     # ------------------------------------------------------------------ online rollout
     def collect_iteration(self, rt: Runtime) -> tuple[list[PreferenceExample], dict[str, float]]:
@@ -63,25 +73,44 @@ class SoLoPOTrainer(PreferenceTrainer):
         self.iteration += 1
         # No per-call seed: vLLM would give every prompt of the call the same noise (and its CPU
         # sampler rejects seeded batches); the engines are seeded once with rollout.seed.
-        sampling = SamplingConfig(n=r.n_samples_per_prompt, temperature=r.temperature, top_p=r.top_p,
-                                  max_new_tokens=r.max_new_tokens, stop=tuple(r.stop))
+        sampling = SamplingConfig(
+            n=r.n_samples_per_prompt,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            max_new_tokens=r.max_new_tokens,
+            stop=tuple(r.stop),
+        )
         start = time.perf_counter()
         results = rt.rollout.generate([p.short_ids for p in batch], sampling)
         gen_time = time.perf_counter() - start
         k = r.n_samples_per_prompt
         texts = [c.text for res in results for c in res.completions]
         # A reward model reads the question too; the answer metrics only need the gold answers.
-        prompts = ([self.tokenizer.decode(p.short_ids) for p in batch for _ in range(k)]
-                   if self.cfg.scorer.reward == "reward_model" else None)
+        prompts = (
+            [self.tokenizer.decode(p.short_ids) for p in batch for _ in range(k)]
+            if self.cfg.scorer.reward == "reward_model"
+            else None
+        )
         labels = rt.scorers.label(texts, [p.answers for p in batch for _ in range(k)], prompts=prompts)
         rng = random.Random(self.cfg.trainer.seed * 1_000_003 + self.iteration)
         pairs, with_pair = [], 0
         for j, (prompt, res) in enumerate(zip(batch, results)):
-            got = make_pairs(prompt, res.completions, labels[j * k:(j + 1) * k], rng=rng,
-                             max_pairs=self.cfg.solopo.max_pairs_per_prompt, long_po=self.cfg.solopo.long_po)
+            got = make_pairs(
+                prompt,
+                res.completions,
+                labels[j * k : (j + 1) * k],
+                rng=rng,
+                max_pairs=self.cfg.solopo.max_pairs_per_prompt,
+                long_po=self.cfg.solopo.long_po,
+            )
             pairs.extend(got)
             with_pair += bool(got)
-        for key, n in (("prompts", len(batch)), ("prompts_with_pair", with_pair), ("pairs", len(pairs)), ("samples", len(texts))):
+        for key, n in (
+            ("prompts", len(batch)),
+            ("prompts_with_pair", with_pair),
+            ("pairs", len(pairs)),
+            ("samples", len(texts)),
+        ):
             self.counters[key] += n
         n_tokens = sum(len(c.token_ids) for res in results for c in res.completions)
         return pairs, {
@@ -104,7 +133,8 @@ class SoLoPOTrainer(PreferenceTrainer):
                 raise RuntimeError(
                     f"{barren} rollout iterations in a row gave no (correct, incorrect) pair: every sample was "
                     f"right or every one wrong. Raise rollout.n_samples_per_prompt or rollout.temperature, "
-                    f"or use an easier/harder data set.")
+                    f"or use an easier/harder data set."
+                )
         if self._pool is not None:  # the next rollout runs while this batch trains (one step off-policy)
             self._prefetch = self._pool.submit(self.collect_iteration, rt)
         batch, self.buffer = self.buffer[:batch_size], self.buffer[batch_size:]

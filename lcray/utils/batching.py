@@ -1,4 +1,5 @@
 """Splitting a batch across workers."""
+
 from __future__ import annotations
 
 

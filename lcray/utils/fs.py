@@ -3,14 +3,15 @@
 Everything goes to a temp path in the same folder (same file system, so rename is atomic)
 and is renamed into place only once complete.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager

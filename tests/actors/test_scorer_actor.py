@@ -1,4 +1,5 @@
 """ScorerWorker in-process, and ScorerActor/ScorerPool on a real local Ray (`ray_local`)."""
+
 import time
 
 import pytest

@@ -1,4 +1,5 @@
 """NCCL weight sync learner rank 0 -> vLLM workers (GPU clusters only; skipped on CPU)."""
+
 import pytest
 
 from lcray.actors.learner import LearnerGroup
@@ -9,11 +10,25 @@ from lcray.engines import SamplingConfig
 
 @pytest.mark.gpu
 def test_nccl_sync_changes_engine_output(ray_local, tiny_model_dir, tmp_path, make_examples):
-    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "learner.learning_rate=0.01",
-                             "learner.train_batch_size=4", "learner.gpus_per_learner=1", "learner.zero_stage=3"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            "learner.learning_rate=0.01",
+            "learner.train_batch_size=4",
+            "learner.gpus_per_learner=1",
+            "learner.zero_stage=3",
+        ],
+    )
     group = LearnerGroup(cfg)
-    pool = RolloutPool.create(1, str(tiny_model_dir), backend="vllm", weight_transfer="nccl",
-                              actor_options=[{"num_cpus": 1, "num_gpus": 1}], gpu_memory_utilization=0.3)
+    pool = RolloutPool.create(
+        1,
+        str(tiny_model_dir),
+        backend="vllm",
+        weight_transfer="nccl",
+        actor_options=[{"num_cpus": 1, "num_gpus": 1}],
+        gpu_memory_utilization=0.3,
+    )
     try:
         group.init_nccl_sync(pool, tensor_parallel_size=1)
         greedy = SamplingConfig(temperature=0.0, max_new_tokens=6)

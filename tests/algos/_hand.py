@@ -1,4 +1,5 @@
 """Hand-computation helpers shared by the loss tests (python floats, independent of lcray)."""
+
 import math
 
 import torch

@@ -1,17 +1,12 @@
 """LOGO loss: hand values, M = 1 == SimPO, exact gradients, and the two official-code defects."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F
+from _hand import neg_log_sigmoid, sigmoid, t
 
 from lcray.algos import logo_loss, simpo_loss
 from lcray.algos.objective import SeqLogps
-from _hand import neg_log_sigmoid, sigmoid, t
-
-
-
-
 
 BETA, GAMMA, COEF = 2.0, 0.5, 0.1
 W = (-0.5, -1.2)
@@ -22,8 +17,7 @@ H = [BETA * -0.5 - BETA / 2 * (-1.0 + -2.0) - GAMMA, BETA * -1.2 - BETA / 2 * (-
 
 
 def logo(w=W, l=L, nll=NLL, coef=COEF):
-    return logo_loss(t(*w), torch.tensor(l, dtype=torch.float64), t(*nll),
-                     beta=BETA, gamma=GAMMA, nll_coef=coef)
+    return logo_loss(t(*w), torch.tensor(l, dtype=torch.float64), t(*nll), beta=BETA, gamma=GAMMA, nll_coef=coef)
 
 
 def test_m2_hand_values():

@@ -9,16 +9,25 @@ from lcray.algos import LOSS_TYPES, SeqLogps, logo_loss, preference_objective, s
 
 
 def seq(logp, n, grad=False):
-    return SeqLogps(torch.tensor(logp, dtype=torch.float64, requires_grad=grad),
-                    torch.tensor(n, dtype=torch.float64))
+    return SeqLogps(torch.tensor(logp, dtype=torch.float64, requires_grad=grad), torch.tensor(n, dtype=torch.float64))
 
 
 def neg_log_sigmoid(x: float) -> float:
     return math.log(1.0 + math.exp(-x))
 
 
-BASE_KEYS = {"loss", "po_loss", "solo_ra", "rewards/chosen", "rewards/rejected", "rewards/margin",
-             "rewards/accuracy", "logps/chosen_avg", "logps/rejected_avg", "nll/chosen"}
+BASE_KEYS = {
+    "loss",
+    "po_loss",
+    "solo_ra",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margin",
+    "rewards/accuracy",
+    "logps/chosen_avg",
+    "logps/rejected_avg",
+    "nll/chosen",
+}
 
 
 def batch(m: int | None = 2):
@@ -83,10 +92,16 @@ def test_solo_ra_needs_chosen_long():
         preference_objective(loss_type="dpo", beta=0.1, solo_ra_alpha=1.0, **b)
 
 
-@pytest.mark.parametrize("loss_type, kwargs", [
-    ("orpo", dict(nll_coef=0.1)), ("orpo", dict(label_smoothing=0.1)), ("logo", dict(label_smoothing=0.1)),
-    ("dpo", dict(simpo_gamma=0.5)), ("orpo", dict(simpo_gamma=0.5)),
-])
+@pytest.mark.parametrize(
+    "loss_type, kwargs",
+    [
+        ("orpo", dict(nll_coef=0.1)),
+        ("orpo", dict(label_smoothing=0.1)),
+        ("logo", dict(label_smoothing=0.1)),
+        ("dpo", dict(simpo_gamma=0.5)),
+        ("orpo", dict(simpo_gamma=0.5)),
+    ],
+)
 def test_knobs_that_do_not_apply_raise(loss_type, kwargs):
     with pytest.raises(ValueError):
         preference_objective(loss_type=loss_type, beta=0.1, **kwargs, **batch())
@@ -97,26 +112,40 @@ def test_solo_ra_simpo_hand_case():
     # r_short = (-2, -4), r_long = (-4, -2): SoLo-RA = 0.5 * |diff| = (1, 1)
     chosen, long = seq([-4.0, -6.0], [4, 3]), seq([-10.0, -6.0], [5, 6])
     rejected = seq([-8.0, -8.0], [4, 4])
-    loss, m = preference_objective(loss_type="simpo", beta=2.0, solo_ra_alpha=0.5,
-                                   chosen=chosen, rejected=rejected, chosen_long=long)
+    loss, m = preference_objective(
+        loss_type="simpo", beta=2.0, solo_ra_alpha=0.5, chosen=chosen, rejected=rejected, chosen_long=long
+    )
     assert m["solo_ra"] == pytest.approx(1.0)
     assert m["rewards/chosen_long"] == pytest.approx(-3.0)
     assert m["rewards/short_long_gap"] == pytest.approx(2.0)
     # r_l = 2 * -2 = -4 for both: h = (2, 0)
     assert m["po_loss"] == pytest.approx((neg_log_sigmoid(2.0) + neg_log_sigmoid(0.0)) / 2)
     assert loss.item() == pytest.approx(m["po_loss"] + 1.0)
-    sq, m2 = preference_objective(loss_type="simpo", beta=2.0, solo_ra_alpha=0.5, solo_ra_distance="squared",
-                                  chosen=chosen, rejected=rejected, chosen_long=long)
+    sq, m2 = preference_objective(
+        loss_type="simpo",
+        beta=2.0,
+        solo_ra_alpha=0.5,
+        solo_ra_distance="squared",
+        chosen=chosen,
+        rejected=rejected,
+        chosen_long=long,
+    )
     assert m2["solo_ra"] == pytest.approx(0.5 * 4.0)
 
 
 def test_solo_ra_dpo_uses_reference_on_both_contexts():
     # r_short = 0.1 * (-10 - -12) = 0.2, r_long = 0.1 * (-20 - -19) = -0.1 -> alpha 3 * 0.3 = 0.9
     _, m = preference_objective(
-        loss_type="dpo", beta=0.1, solo_ra_alpha=3.0,
-        chosen=seq([-10.0], [5]), rejected=seq([-10.0], [5]),
-        ref_chosen=seq([-12.0], [5]), ref_rejected=seq([-10.0], [5]),
-        chosen_long=seq([-20.0], [5]), ref_chosen_long=seq([-19.0], [5]))
+        loss_type="dpo",
+        beta=0.1,
+        solo_ra_alpha=3.0,
+        chosen=seq([-10.0], [5]),
+        rejected=seq([-10.0], [5]),
+        ref_chosen=seq([-12.0], [5]),
+        ref_rejected=seq([-10.0], [5]),
+        chosen_long=seq([-20.0], [5]),
+        ref_chosen_long=seq([-19.0], [5]),
+    )
     assert m["solo_ra"] == pytest.approx(0.9)
     assert m["rewards/chosen"] == pytest.approx(0.2) and m["rewards/chosen_long"] == pytest.approx(-0.1)
 
@@ -128,8 +157,9 @@ def test_simpo_multi_negative_is_mean_of_per_negative_losses():
     per_neg = [simpo_loss(w, l[:, j], beta=2.0, gamma=0.3) for j in range(3)]
     assert loss.item() == pytest.approx(torch.stack(per_neg).mean().item(), rel=1e-12)
     # Hand case, B = 1, M = 2: avg w = -1, negatives -2 and -1; h = 2 * (-1 - l) - 0.3
-    loss, _ = preference_objective(loss_type="simpo", beta=2.0, simpo_gamma=0.3,
-                                   chosen=seq([-3.0], [3]), rejected=seq([[-4.0, -2.0]], [[2, 2]]))
+    loss, _ = preference_objective(
+        loss_type="simpo", beta=2.0, simpo_gamma=0.3, chosen=seq([-3.0], [3]), rejected=seq([[-4.0, -2.0]], [[2, 2]])
+    )
     assert loss.item() == pytest.approx((neg_log_sigmoid(1.7) + neg_log_sigmoid(-0.3)) / 2)
 
 
@@ -152,9 +182,11 @@ def test_accuracy_and_reward_metrics_hand_case():
     # simpo, beta = 1, n = 1 so reward = logp. Chosen (-1, -1, -1);
     # negatives: (-2, -3) both beaten, (-0.5, -2) one beaten, (-0.5, -0.2) none -> accuracy 1/3.
     _, m = preference_objective(
-        loss_type="simpo", beta=1.0,
+        loss_type="simpo",
+        beta=1.0,
         chosen=seq([-1.0, -1.0, -1.0], [1, 1, 1]),
-        rejected=seq([[-2.0, -3.0], [-0.5, -2.0], [-0.5, -0.2]], [[1, 1]] * 3))
+        rejected=seq([[-2.0, -3.0], [-0.5, -2.0], [-0.5, -0.2]], [[1, 1]] * 3),
+    )
     assert m["rewards/accuracy"] == pytest.approx(1 / 3)
     assert m["rewards/chosen"] == pytest.approx(-1.0)
     assert m["rewards/rejected"] == pytest.approx((-2 - 3 - 0.5 - 2 - 0.5 - 0.2) / 6)
@@ -175,8 +207,13 @@ def test_staged_solo_ra_passes_sum_to_the_joint_gradient(loss_type, distance):
     """solo_ra.staged_backward: the x_long pass (short reward detached) plus the rest (long
     log-probs detached) give every input the joint objective's gradient, and the second pass's
     loss value is the joint one."""
-    kw = dict(loss_type=loss_type, beta=0.5, simpo_gamma=0.3 if loss_type in ("simpo", "logo") else 0.0,
-              solo_ra_alpha=2.0, solo_ra_distance=distance)
+    kw = dict(
+        loss_type=loss_type,
+        beta=0.5,
+        simpo_gamma=0.3 if loss_type in ("simpo", "logo") else 0.0,
+        solo_ra_alpha=2.0,
+        solo_ra_distance=distance,
+    )
     joint_in = batch()
     joint, _ = preference_objective(**kw, **joint_in)
     joint.backward()
@@ -186,8 +223,15 @@ def test_staged_solo_ra_passes_sum_to_the_joint_gradient(loss_type, distance):
     staged_in = batch()
     refs = dict(ref_chosen=staged_in["ref_chosen"], ref_chosen_long=staged_in["ref_chosen_long"])
     detach = lambda s: SeqLogps(s.logp.detach(), s.n_tokens)  # noqa: E731
-    long_pass = solo_ra_objective(loss_type=loss_type, beta=0.5, alpha=2.0, distance=distance,
-                                  chosen=detach(staged_in["chosen"]), chosen_long=staged_in["chosen_long"], **refs)
+    long_pass = solo_ra_objective(
+        loss_type=loss_type,
+        beta=0.5,
+        alpha=2.0,
+        distance=distance,
+        chosen=detach(staged_in["chosen"]),
+        chosen_long=staged_in["chosen_long"],
+        **refs,
+    )
     long_pass.backward()
     assert staged_in["chosen"].logp.grad is None and staged_in["rejected"].logp.grad is None
     rest, _ = preference_objective(**kw, **{**staged_in, "chosen_long": detach(staged_in["chosen_long"])})
@@ -202,5 +246,11 @@ def test_staged_solo_ra_passes_sum_to_the_joint_gradient(loss_type, distance):
 def test_staged_solo_ra_dpo_needs_both_references():
     b = batch()
     with pytest.raises(ValueError, match="ref_chosen and ref_chosen_long"):
-        solo_ra_objective(loss_type="dpo", beta=0.1, alpha=1.0, chosen=b["chosen"], chosen_long=b["chosen_long"],
-                          ref_chosen=b["ref_chosen"])
+        solo_ra_objective(
+            loss_type="dpo",
+            beta=0.1,
+            alpha=1.0,
+            chosen=b["chosen"],
+            chosen_long=b["chosen_long"],
+            ref_chosen=b["ref_chosen"],
+        )

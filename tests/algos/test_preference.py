@@ -5,20 +5,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _hand import neg_log_sigmoid, sigmoid, t
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lcray.algos import dpo_loss, log_odds, orpo_loss, reward, simpo_loss
-from _hand import neg_log_sigmoid, sigmoid, t
-
-
-
-
 
 # ---- DPO ------------------------------------------------------------------------------------
 
-DPO_IN = dict(logp_w=t(-5.0, -10.0, -3.0), logp_l=t(-7.0, -9.0, -3.0),
-              ref_logp_w=t(-6.0, -10.0, -2.0), ref_logp_l=t(-6.0, -9.5, -4.0))
+DPO_IN = dict(
+    logp_w=t(-5.0, -10.0, -3.0),
+    logp_l=t(-7.0, -9.0, -3.0),
+    ref_logp_w=t(-6.0, -10.0, -2.0),
+    ref_logp_l=t(-6.0, -9.5, -4.0),
+)
 # beta = 0.1: h = 0.1 * ((w - rw) - (l - rl))
 DPO_H = [0.1 * ((-5 + 6) - (-7 + 6)), 0.1 * ((-10 + 10) - (-9 + 9.5)), 0.1 * ((-3 + 2) - (-3 + 4))]
 
@@ -92,6 +92,7 @@ def test_simpo_grad_signs_and_values():
 
 # ---- ORPO -----------------------------------------------------------------------------------
 
+
 def hand_log_odds(a: float) -> float:
     p = math.exp(a)
     return math.log(p / (1.0 - p))
@@ -124,6 +125,7 @@ def test_log_odds_hand_values_and_finite_at_zero():
 
 # ---- rewards --------------------------------------------------------------------------------
 
+
 def test_reward_kinds():
     logp, ref, avg = t(-4.0, -6.0), t(-5.0, -5.0), t(-1.0, -0.5)
     assert reward("dpo", logp=logp, ref_logp=ref, beta=0.1).tolist() == pytest.approx([0.1, -0.1])
@@ -133,12 +135,15 @@ def test_reward_kinds():
     assert orpo.tolist() == pytest.approx([hand_log_odds(-1.0), hand_log_odds(-0.5)])
 
 
-@pytest.mark.parametrize("kind, kwargs, missing", [
-    ("dpo", dict(logp=t(-1.0)), "ref_logp"),
-    ("dpo", dict(ref_logp=t(-1.0)), "logp"),
-    ("simpo", dict(logp=t(-1.0)), "avg_logp"),
-    ("orpo", {}, "avg_logp"),
-])
+@pytest.mark.parametrize(
+    "kind, kwargs, missing",
+    [
+        ("dpo", dict(logp=t(-1.0)), "ref_logp"),
+        ("dpo", dict(ref_logp=t(-1.0)), "logp"),
+        ("simpo", dict(logp=t(-1.0)), "avg_logp"),
+        ("orpo", {}, "avg_logp"),
+    ],
+)
 def test_reward_missing_input_raises(kind, kwargs, missing):
     with pytest.raises(ValueError, match=missing):
         reward(kind, **kwargs)
@@ -156,8 +161,15 @@ betas = st.floats(min_value=0.01, max_value=5.0)
 
 
 @settings(max_examples=200, deadline=None)
-@given(w=logps, l=logps, rw=logps, rl=logps, beta=betas,
-       ls=st.floats(min_value=0.0, max_value=0.5), step=st.floats(min_value=0.01, max_value=5.0))
+@given(
+    w=logps,
+    l=logps,
+    rw=logps,
+    rl=logps,
+    beta=betas,
+    ls=st.floats(min_value=0.0, max_value=0.5),
+    step=st.floats(min_value=0.01, max_value=5.0),
+)
 def test_dpo_properties(w, l, rw, rl, beta, ls, step):
     def loss(w_, ls_=ls):
         return dpo_loss(t(w_), t(l), t(rw), t(rl), beta=beta, label_smoothing=ls_).item()
@@ -176,6 +188,8 @@ def test_dpo_properties(w, l, rw, rl, beta, ls, step):
 def test_simpo_with_zero_gamma_is_dpo_on_average_logps_without_reference(w, l, beta):
     zero = t(0.0)
     assert simpo_loss(t(w), t(l), beta=beta, gamma=0.0).item() == pytest.approx(
-        dpo_loss(t(w), t(l), zero, zero, beta=beta).item(), rel=1e-12)
+        dpo_loss(t(w), t(l), zero, zero, beta=beta).item(), rel=1e-12
+    )
     assert simpo_loss(t(w), t(l), beta=beta, gamma=0.0).item() == pytest.approx(
-        -F.logsigmoid(t(beta * (w - l))).item(), rel=1e-12)
+        -F.logsigmoid(t(beta * (w - l))).item(), rel=1e-12
+    )

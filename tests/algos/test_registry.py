@@ -13,14 +13,19 @@ from lcray.config import AlgoConfig, ConfigError, load_config
 
 NAMES = tuple(LOSSES)
 # knob -> (LossSpec flag, a value that is valid wherever the knob is used)
-KNOBS = {"simpo_gamma": ("uses_gamma", 0.5), "label_smoothing": ("uses_label_smoothing", 0.1),
-         "nll_coef": ("uses_nll_coef", 0.2)}
+KNOBS = {
+    "simpo_gamma": ("uses_gamma", 0.5),
+    "label_smoothing": ("uses_label_smoothing", 0.1),
+    "nll_coef": ("uses_nll_coef", 0.2),
+}
 
 
 def batch(with_reference: bool = True) -> dict:
     """B = 2, M = 2 negatives; reference log-probs only when asked for."""
-    s = lambda *shape: SeqLogps(-torch.rand(*shape, dtype=torch.float64) * 5 - 0.5,  # noqa: E731
-                                torch.full(shape, 4.0, dtype=torch.float64))
+    s = lambda *shape: SeqLogps(
+        -torch.rand(*shape, dtype=torch.float64) * 5 - 0.5,  # noqa: E731
+        torch.full(shape, 4.0, dtype=torch.float64),
+    )
     b = dict(chosen=s(2), rejected=s(2, 2))
     return {**b, "ref_chosen": s(2), "ref_rejected": s(2, 2)} if with_reference else b
 
@@ -94,6 +99,9 @@ def test_unknown_name_lists_the_known_ones():
         preference_objective(loss_type="ipo", beta=0.5, **batch())
     with pytest.raises(ValueError, match="dpo, simpo, orpo, logo"):
         uses_gamma("ipo")
-    with pytest.raises(ConfigError, match=r"algo\.loss_type: must be one of dpo, simpo, orpo, logo, "
-                                          r"got 'simpoo' \(did you mean 'simpo'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"algo\.loss_type: must be one of dpo, simpo, orpo, logo, "
+        r"got 'simpoo' \(did you mean 'simpo'\?\)",
+    ):
         load_config(None, ["algo.loss_type=simpoo"])

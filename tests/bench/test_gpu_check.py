@@ -1,4 +1,5 @@
 """bench/gpu_check.py is run only where a GPU is lent; its CPU smoke mode keeps it from rotting."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,22 @@ def test_without_cuda_it_skips_cleanly():
 @pytest.mark.slow
 def test_smoke_run_covers_every_case(tiny_model_dir, tmp_path):
     result = tmp_path / "gpu_check.json"
-    out = _run("--smoke", "--model", str(tiny_model_dir), "--window", "2048", "--logo-real", "512",
-               "--real-long", "1024", "--dpo-prompt", "64", "--out", str(result),
-               env_extra={"CUDA_VISIBLE_DEVICES": ""})
+    out = _run(
+        "--smoke",
+        "--model",
+        str(tiny_model_dir),
+        "--window",
+        "2048",
+        "--logo-real",
+        "512",
+        "--real-long",
+        "1024",
+        "--dpo-prompt",
+        "64",
+        "--out",
+        str(result),
+        env_extra={"CUDA_VISIBLE_DEVICES": ""},
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "gpu-check passed" in out.stdout
     rows = {r["case"]: r for r in json.loads(result.read_text())}

@@ -2,6 +2,7 @@
 cluster/runtime_env.yaml: starts lcray's driver runtime the way recipes/*.py do (bootstrap, then
 lcray.runtime.init_ray joining the cluster via RAY_ADDRESS) and reports what a Ray worker
 of the job sees."""
+
 import json
 import os
 import sys
@@ -24,8 +25,12 @@ def probe() -> dict:
     import lcray
 
     keys = ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "VLLM_ENABLE_V1_MULTIPROCESSING", "TORCH_EXTENSIONS_DIR")
-    return {"env": {k: os.environ.get(k) for k in keys}, "cwd": os.getcwd(), "lcray": os.path.dirname(lcray.__file__),
-            "has_recipes": os.path.isfile(os.path.join(os.getcwd(), "recipes", "solopo.py"))}
+    return {
+        "env": {k: os.environ.get(k) for k in keys},
+        "cwd": os.getcwd(),
+        "lcray": os.path.dirname(lcray.__file__),
+        "has_recipes": os.path.isfile(os.path.join(os.getcwd(), "recipes", "solopo.py")),
+    }
 
 
 print("PROBE " + json.dumps(ray.get(probe.remote())), flush=True)

@@ -6,6 +6,7 @@ without `omitempty` is required by the CRD's OpenAPI schema), against pyproject.
 against the recipes they run (config loads, paths on the PVC, custom resources and placement fit
 the nodes the manifest declares).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,11 @@ CLUSTER = REPO / "cluster"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 PVC_NAME = "lcray-data"
 # Recipes the long-lived cluster/raycluster.yaml is documented (cluster/README.md) to run.
-RAYCLUSTER_RECIPES = ("recipes/qwen2.5-7b-solopo.yaml", "recipes/qwen2.5-7b-solopo-colocated.yaml",
-                      "recipes/llama3-8b-logo.yaml")
+RAYCLUSTER_RECIPES = (
+    "recipes/qwen2.5-7b-solopo.yaml",
+    "recipes/qwen2.5-7b-solopo-colocated.yaml",
+    "recipes/llama3-8b-logo.yaml",
+)
 
 
 def _pin(name: str, deps: list[str]) -> str:
@@ -56,28 +60,80 @@ IMAGE = f"lcray-gpu:{VERSION}"
 SCHEMA = {
     "RayClusterSpec": {
         "required": ["headGroupSpec", "workerGroupSpecs", "rayVersion"],  # workerGroupSpecs, rayVersion: ours
-        "known": {"headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling", "autoscalerOptions",
-                  "headServiceAnnotations", "suspend", "managedBy", "gcsFaultToleranceOptions", "upgradeStrategy",
-                  "authOptions"},
+        "known": {
+            "headGroupSpec",
+            "workerGroupSpecs",
+            "rayVersion",
+            "enableInTreeAutoscaling",
+            "autoscalerOptions",
+            "headServiceAnnotations",
+            "suspend",
+            "managedBy",
+            "gcsFaultToleranceOptions",
+            "upgradeStrategy",
+            "authOptions",
+        },
     },
     "HeadGroupSpec": {
         "required": ["rayStartParams", "template.spec.containers"],
         "known": {"serviceType", "headService", "enableIngress", "rayStartParams", "template", "resources", "labels"},
     },
     "WorkerGroupSpec": {
-        "required": ["groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams", "template.spec.containers"],
-        "known": {"groupName", "replicas", "minReplicas", "maxReplicas", "idleTimeoutSeconds", "numOfHosts",
-                  "rayStartParams", "template", "scaleStrategy", "suspend", "resources", "labels"},
+        "required": [
+            "groupName",
+            "replicas",
+            "minReplicas",
+            "maxReplicas",
+            "rayStartParams",
+            "template.spec.containers",
+        ],
+        "known": {
+            "groupName",
+            "replicas",
+            "minReplicas",
+            "maxReplicas",
+            "idleTimeoutSeconds",
+            "numOfHosts",
+            "rayStartParams",
+            "template",
+            "scaleStrategy",
+            "suspend",
+            "resources",
+            "labels",
+        },
     },
     "RayJobSpec": {
         # the CRD itself requires none; a RayJob without these would not run lcray or would leak GPUs
-        "required": ["entrypoint", "runtimeEnvYAML", "submissionMode", "shutdownAfterJobFinishes",
-                     "ttlSecondsAfterFinished"],
+        "required": [
+            "entrypoint",
+            "runtimeEnvYAML",
+            "submissionMode",
+            "shutdownAfterJobFinishes",
+            "ttlSecondsAfterFinished",
+        ],
         "one_of": ["rayClusterSpec", "clusterSelector"],
-        "known": {"activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate", "metadata",
-                  "clusterSelector", "submitterConfig", "managedBy", "deletionStrategy", "entrypoint",
-                  "runtimeEnvYAML", "jobId", "submissionMode", "entrypointResources", "entrypointNumCpus",
-                  "entrypointNumGpus", "ttlSecondsAfterFinished", "shutdownAfterJobFinishes", "suspend", "schedule"},
+        "known": {
+            "activeDeadlineSeconds",
+            "backoffLimit",
+            "rayClusterSpec",
+            "submitterPodTemplate",
+            "metadata",
+            "clusterSelector",
+            "submitterConfig",
+            "managedBy",
+            "deletionStrategy",
+            "entrypoint",
+            "runtimeEnvYAML",
+            "jobId",
+            "submissionMode",
+            "entrypointResources",
+            "entrypointNumCpus",
+            "entrypointNumGpus",
+            "ttlSecondsAfterFinished",
+            "shutdownAfterJobFinishes",
+            "suspend",
+            "schedule",
+        },
     },
 }
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode"}
@@ -117,15 +173,20 @@ for _path in YAML_FILES:
 
 
 def _objects(kind: str) -> list[tuple[str, dict]]:
-    return [(f"{name}:{d['metadata']['name']}", d) for name, docs in DOCS.items() for d in docs
-            if isinstance(d, dict) and d.get("kind") == kind]
+    return [
+        (f"{name}:{d['metadata']['name']}", d)
+        for name, docs in DOCS.items()
+        for d in docs
+        if isinstance(d, dict) and d.get("kind") == kind
+    ]
 
 
 RAY_CLUSTERS = _objects("RayCluster")
 RAY_JOBS = _objects("RayJob")
 # Every RayClusterSpec: the RayCluster's spec and each RayJob's rayClusterSpec.
-CLUSTER_SPECS = ([(label, d["spec"]) for label, d in RAY_CLUSTERS]
-                 + [(label, d["spec"]["rayClusterSpec"]) for label, d in RAY_JOBS if "rayClusterSpec" in d["spec"]])
+CLUSTER_SPECS = [(label, d["spec"]) for label, d in RAY_CLUSTERS] + [
+    (label, d["spec"]["rayClusterSpec"]) for label, d in RAY_JOBS if "rayClusterSpec" in d["spec"]
+]
 
 
 def _groups(spec: dict) -> list[tuple[str, dict]]:
@@ -171,8 +232,10 @@ def ray_nodes(spec: dict) -> list[dict[str, float]]:
     for _, group in _groups(spec):
         params = group.get("rayStartParams") or {}
         limits = group["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
-        node = {"CPU": _cpu(params.get("num-cpus", limits.get("cpu", 0))),
-                "GPU": float(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))}
+        node = {
+            "CPU": _cpu(params.get("num-cpus", limits.get("cpu", 0))),
+            "GPU": float(params.get("num-gpus", limits.get("nvidia.com/gpu", 0))),
+        }
         if "resources" in params:
             node.update(parse_ray_resources(params["resources"]))
         node = {k: v for k, v in node.items() if v > 0}
@@ -270,8 +333,12 @@ def test_pvc_is_shared_read_write_many():
     assert pvc["apiVersion"] == "v1" and pvc["metadata"]["name"] == PVC_NAME
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # head and both GPU nodes mount it at once
     assert pvc["spec"]["resources"]["requests"]["storage"]
-    claims = {v["persistentVolumeClaim"]["claimName"] for _, pod in ALL_PODS for v in pod["volumes"]
-              if "persistentVolumeClaim" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for _, pod in ALL_PODS
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims == {PVC_NAME}
 
 
@@ -291,7 +358,9 @@ def test_gpu_workers_request_gpus_and_the_head_none(label, spec):
 @pytest.mark.parametrize("label, pod", RAY_PODS, ids=_ids(RAY_PODS))
 def test_ray_pods_set_nccl_and_offline_env(label, pod):
     env_list = pod["containers"][0]["env"]
-    assert all(isinstance(e.get("value"), str) for e in env_list if "valueFrom" not in e), env_list  # EnvVar.value is a string
+    assert all(isinstance(e.get("value"), str) for e in env_list if "valueFrom" not in e), (
+        env_list
+    )  # EnvVar.value is a string
     env = {e["name"]: e.get("value") for e in env_list}
     assert env["NCCL_DEBUG"] == "WARN" and env["NCCL_SOCKET_IFNAME"] == "eth0" and env["NCCL_IB_DISABLE"] == "0"
     assert env["HF_HUB_OFFLINE"] == "1"
@@ -302,7 +371,9 @@ def test_solopo_cluster_declares_the_two_pools():
     solopo = [(label, spec) for label, spec in CLUSTER_SPECS if not label.startswith("rayjob-logo.yaml")]
     assert len(solopo) == 2  # raycluster.yaml and rayjob-solopo.yaml
     for label, spec in solopo:
-        declared = {g["groupName"]: parse_ray_resources(g["rayStartParams"]["resources"]) for g in spec["workerGroupSpecs"]}
+        declared = {
+            g["groupName"]: parse_ray_resources(g["rayStartParams"]["resources"]) for g in spec["workerGroupSpecs"]
+        }
         assert declared == {"rollout": {"rollout_pool": 8.0}, "learner": {"learner_pool": 8.0}}, label
 
 
@@ -328,9 +399,10 @@ def test_rayjob_entrypoint_script_and_config_exist_and_load(label, job):
 
 
 # (cluster spec, recipe config it runs): each RayJob's own config; the RayCluster's documented ones.
-CASES = ([(f"{label}|{_recipe_of(job)[1].relative_to(REPO)}", (job["spec"]["rayClusterSpec"], _recipe_of(job)[1]))
-          for label, job in RAY_JOBS]
-         + [(f"{label}|{recipe}", (d["spec"], REPO / recipe)) for label, d in RAY_CLUSTERS for recipe in RAYCLUSTER_RECIPES])
+CASES = [
+    (f"{label}|{_recipe_of(job)[1].relative_to(REPO)}", (job["spec"]["rayClusterSpec"], _recipe_of(job)[1]))
+    for label, job in RAY_JOBS
+] + [(f"{label}|{recipe}", (d["spec"], REPO / recipe)) for label, d in RAY_CLUSTERS for recipe in RAYCLUSTER_RECIPES]
 
 
 @pytest.mark.parametrize("label, case", CASES, ids=_ids(CASES))
@@ -353,11 +425,19 @@ def test_feasibility_check_catches_a_node_without_the_pool():
     (spec,) = [s for label, s in CLUSTER_SPECS if "rayjob-solopo" in label]
     nodes = [{k: v for k, v in n.items() if k != "rollout_pool"} for n in ray_nodes(spec)]
     with pytest.raises(PlacementError, match="no node declares 'rollout_pool'"):
-        check_feasible(plan_placement(load_config(REPO / "recipes/qwen2.5-7b-solopo.yaml")), sum_resources(nodes), nodes)
+        check_feasible(
+            plan_placement(load_config(REPO / "recipes/qwen2.5-7b-solopo.yaml")), sum_resources(nodes), nodes
+        )
 
 
-_INPUTS = ("model.name_or_path", "model.tokenizer_path", "data.train_path", "data.eval_path",
-           "solopo.pairs_path", "scorer.reward_model_path")
+_INPUTS = (
+    "model.name_or_path",
+    "model.tokenizer_path",
+    "data.train_path",
+    "data.eval_path",
+    "solopo.pairs_path",
+    "scorer.reward_model_path",
+)
 _OUTPUTS = ("trainer.output_dir", "ckpt.path", "logging.logdir", "logo_data.output_dir", "data.output_dir")
 
 
@@ -377,7 +457,9 @@ def test_recipe_paths_live_on_the_pvc_in_every_pod(label, case):
             # a relative path would land in each node's own working dir, not on the shared volume
             assert path.is_absolute(), f"{config.name}: {key}={value!r} must be an absolute path on the PVC"
             on = [m for m in mounts if path.is_relative_to(m["mountPath"])]
-            assert on, f"{config.name}: {key}={value} is on no PVC mount of {group} ({[m['mountPath'] for m in mounts]})"
+            assert on, (
+                f"{config.name}: {key}={value} is on no PVC mount of {group} ({[m['mountPath'] for m in mounts]})"
+            )
             if key in _OUTPUTS:
                 assert not any(m.get("readOnly") for m in on), f"{key}={value} is on a read-only mount in {group}"
 
@@ -390,7 +472,9 @@ def _cfg_get(cfg, dotted: str):
 
 # ----------------------------------------------------------------------------- Dockerfile
 DOCKERFILE = (CLUSTER / "Dockerfile").read_text(encoding="utf-8")
-_DOCKER_LINES = [ln for ln in re.sub(r"\\\n", " ", DOCKERFILE).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+_DOCKER_LINES = [
+    ln for ln in re.sub(r"\\\n", " ", DOCKERFILE).splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+]
 
 
 def _dockerfile_workdir() -> str:
@@ -419,7 +503,12 @@ def test_dockerfile_base_and_pins_match_pyproject():
     # the build fails if pip resolved other versions: its check lists exactly pyproject's pins
     want = re.search(r"want = \(([^)]*)\)", runs)
     assert want and [v.strip(" '\"") for v in want.group(1).split(",")] == [
-        TORCH_VERSION, VLLM_VERSION, DEEPSPEED_VERSION, RAY_VERSION, VERSION]
+        TORCH_VERSION,
+        VLLM_VERSION,
+        DEEPSPEED_VERSION,
+        RAY_VERSION,
+        VERSION,
+    ]
     assert re.search(rf'org\.opencontainers\.image\.version="{re.escape(VERSION)}"', DOCKERFILE)
 
 
@@ -454,7 +543,8 @@ def test_runtime_env_file_for_ray_job_submit():
 
 
 RUNTIME_ENVS = [("runtime_env.yaml", DOCS["runtime_env.yaml"][0])] + [
-    (label, yaml.safe_load(job["spec"]["runtimeEnvYAML"])) for label, job in RAY_JOBS]
+    (label, yaml.safe_load(job["spec"]["runtimeEnvYAML"])) for label, job in RAY_JOBS
+]
 
 
 @pytest.mark.parametrize("label, env", RUNTIME_ENVS, ids=_ids(RUNTIME_ENVS))
@@ -464,5 +554,6 @@ def test_runtime_envs_let_the_lcray_driver_join(label, env):
     env_vars = env.get("env_vars", {})
     shared = set(env_vars) & _driver_env_keys()
     assert not shared or env_vars.get("RAY_OVERRIDE_JOB_RUNTIME_ENV") == "1", (
-        f"{label}: env_vars {sorted(shared)} are also set by lcray's driver; add RAY_OVERRIDE_JOB_RUNTIME_ENV: \"1\"")
+        f'{label}: env_vars {sorted(shared)} are also set by lcray\'s driver; add RAY_OVERRIDE_JOB_RUNTIME_ENV: "1"'
+    )
     assert env_vars.get("RAY_OVERRIDE_JOB_RUNTIME_ENV") == "1"  # keep it, so adding a shared key stays safe

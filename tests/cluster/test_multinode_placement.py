@@ -8,6 +8,7 @@ engine / learner started with `PlacementHandles.actor_options` — the same opti
 gives RolloutActor and LearnerActor. Ray assigns fake GPU ids, so `ray.get_gpu_ids()` shows
 which GPU each actor would own.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,8 +39,10 @@ def gpu_cluster(request):
         cluster.shutdown()
 
     request.addfinalizer(stop)
-    nodes = {"rollout": cluster.add_node(num_cpus=16, num_gpus=8, resources={"rollout_pool": 8}),
-             "learner": cluster.add_node(num_cpus=16, num_gpus=8, resources={"learner_pool": 8})}
+    nodes = {
+        "rollout": cluster.add_node(num_cpus=16, num_gpus=8, resources={"rollout_pool": 8}),
+        "learner": cluster.add_node(num_cpus=16, num_gpus=8, resources={"learner_pool": 8}),
+    }
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     return {name: node.node_id for name, node in nodes.items()}

@@ -5,6 +5,7 @@ Starts its own head (`ray start --head --block` in a new process group, dashboar
 recipe with a tiny config through `ray job submit --working-dir .`, waits for SUCCEEDED, checks
 the outputs, and stops only the head it started (its process group), never `ray stop`.
 """
+
 import contextlib
 import dataclasses
 import json
@@ -51,11 +52,28 @@ def ray_head():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}", "--num-cpus=4", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--metrics-export-port={metrics}",
+            "--num-cpus=4",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     address = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.monotonic() + 120
@@ -76,11 +94,27 @@ def ray_head():
 
 def submit_and_wait(address: str, env: dict, script: str, overrides: list[str]) -> str:
     """`ray job submit --working-dir .` the recipe, wait for SUCCEEDED, return the job's logs."""
-    runtime_env = {"excludes": [".venv", ".git", "outputs", ".cache", "*.egg-info"],
-                   "env_vars": {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", ""), "HF_HUB_OFFLINE": "1"}}
+    runtime_env = {
+        "excludes": [".venv", ".git", "outputs", ".cache", "*.egg-info"],
+        "env_vars": {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", ""), "HF_HUB_OFFLINE": "1"},
+    }
     for _ in range(30):  # the head answers `job list` a little before its job agent is ready
-        sub = ray_cli("job", "submit", "--address", address, "--no-wait", "--working-dir", ".",
-                      "--runtime-env-json", json.dumps(runtime_env), "--", "python", script, *overrides, env=env)
+        sub = ray_cli(
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--no-wait",
+            "--working-dir",
+            ".",
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            "python",
+            script,
+            *overrides,
+            env=env,
+        )
         if sub.returncode == 0 or "No available agent" not in sub.stderr:
             break
         time.sleep(2)
@@ -102,7 +136,12 @@ def submit_and_wait(address: str, env: dict, script: str, overrides: list[str]) 
 
 
 def outputs(out: Path) -> list[str]:
-    return [f"trainer.output_dir={out}", f"ckpt.path={out}/ckpt", f"logging.logdir={out}/tb", "logging.progress_bar=false"]
+    return [
+        f"trainer.output_dir={out}",
+        f"ckpt.path={out}/ckpt",
+        f"logging.logdir={out}/tb",
+        "logging.progress_bar=false",
+    ]
 
 
 def test_solopo_recipe_runs_as_a_ray_job(ray_head, tiny_model_dir, tmp_path):
@@ -113,13 +152,32 @@ def test_solopo_recipe_runs_as_a_ray_job(ray_head, tiny_model_dir, tmp_path):
     write_records(recs, tmp_path / "train.jsonl")
     write_records(recs[:2], tmp_path / "eval.jsonl")
     out = tmp_path / "out"
-    logs = submit_and_wait(address, env, "recipes/solopo.py", [
-        f"model.name_or_path={tiny_model_dir}", f"data.train_path={tmp_path}/train.jsonl", f"data.eval_path={tmp_path}/eval.jsonl",
-        "data.short_context_tokens=200", "data.long_context_tokens=500", "rollout.max_new_tokens=16", "rollout.temperature=1.0",
-        'rollout.stop=[" 2"]', "rollout.max_model_len=1024", "learner.learning_rate=0.001", "learner.train_batch_size=2",
-        "learner.cpus_per_learner=1", "placement.cpus_per_engine=1", "algo.loss_type=simpo", "solopo.prompts_per_iteration=8",
-        "solopo.num_eval_prompts=2", "solopo.eval_max_new_tokens=4", "trainer.max_steps=2", *outputs(out),
-    ])
+    logs = submit_and_wait(
+        address,
+        env,
+        "recipes/solopo.py",
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            f"data.train_path={tmp_path}/train.jsonl",
+            f"data.eval_path={tmp_path}/eval.jsonl",
+            "data.short_context_tokens=200",
+            "data.long_context_tokens=500",
+            "rollout.max_new_tokens=16",
+            "rollout.temperature=1.0",
+            'rollout.stop=[" 2"]',
+            "rollout.max_model_len=1024",
+            "learner.learning_rate=0.001",
+            "learner.train_batch_size=2",
+            "learner.cpus_per_learner=1",
+            "placement.cpus_per_engine=1",
+            "algo.loss_type=simpo",
+            "solopo.prompts_per_iteration=8",
+            "solopo.num_eval_prompts=2",
+            "solopo.eval_max_new_tokens=4",
+            "trainer.max_steps=2",
+            *outputs(out),
+        ],
+    )
     assert "=== SoLoPO summary ===" in logs
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2
@@ -130,13 +188,30 @@ def test_solopo_recipe_runs_as_a_ray_job(ray_head, tiny_model_dir, tmp_path):
 def test_logo_recipe_runs_as_a_ray_job(ray_head, tiny_model_dir, tmp_path):
     address, env = ray_head
     out = tmp_path / "logo"
-    logs = submit_and_wait(address, env, "recipes/logo.py", [
-        f"model.name_or_path={tiny_model_dir}", "data.num_synthetic_train=4", "data.num_synthetic_eval=2",
-        "data.chunk_tokens=64", "data.target_len=8192", "data.long_context_tokens=400", "logo_data.num_relevant=2",
-        "logo_data.num_partial=1", "logo_data.context_chunks=6", "logo_data.max_new_tokens=16", f"logo_data.output_dir={out}/data",
-        "rollout.max_model_len=2048", "learner.train_batch_size=2", "solopo.num_eval_prompts=2", "solopo.eval_max_new_tokens=4",
-        "trainer.max_steps=2", *outputs(out),
-    ])
+    logs = submit_and_wait(
+        address,
+        env,
+        "recipes/logo.py",
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            "data.num_synthetic_train=4",
+            "data.num_synthetic_eval=2",
+            "data.chunk_tokens=64",
+            "data.target_len=8192",
+            "data.long_context_tokens=400",
+            "logo_data.num_relevant=2",
+            "logo_data.num_partial=1",
+            "logo_data.context_chunks=6",
+            "logo_data.max_new_tokens=16",
+            f"logo_data.output_dir={out}/data",
+            "rollout.max_model_len=2048",
+            "learner.train_batch_size=2",
+            "solopo.num_eval_prompts=2",
+            "solopo.eval_max_new_tokens=4",
+            "trainer.max_steps=2",
+            *outputs(out),
+        ],
+    )
     assert "=== LOGO summary ===" in logs
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
     assert (out / "data" / "manifest.json").is_file()

@@ -5,6 +5,7 @@ a driver env that share a key; init_ray therefore adds only the keys the job lac
 if that breaks, if runtime_env.yaml's working_dir upload misses the code, or if its env vars do not
 reach the workers.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,14 +35,23 @@ def job_client(request):
 
     mp = pytest.MonkeyPatch()
     request.addfinalizer(mp.undo)
-    mp.setenv("RAY_AUTH_MODE", "disabled")  # a loopback test cluster; docs/architecture.md: disabled for head and client
+    mp.setenv(
+        "RAY_AUTH_MODE", "disabled"
+    )  # a loopback test cluster; docs/architecture.md: disabled for head and client
     if ray.is_initialized():
         ray.shutdown()
     port = _free_port()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
-        # the agent's default port may be taken by another Ray on this machine
-        "dashboard_agent_listen_port": _free_port()})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": port,
+            # the agent's default port may be taken by another Ray on this machine
+            "dashboard_agent_listen_port": _free_port(),
+        },
+    )
     request.addfinalizer(cluster.shutdown)
     deadline = time.monotonic() + 60
     while True:
@@ -81,14 +91,19 @@ def _runtime_env(**env_vars) -> dict:
 
 @pytest.mark.slow
 def test_runtime_env_yaml_runs_the_lcray_driver(job_client):
-    job_id = _submit(job_client, entrypoint=f"{sys.executable} tests/cluster/_runtime_env_probe.py",
-                     runtime_env=_runtime_env())
+    job_id = _submit(
+        job_client, entrypoint=f"{sys.executable} tests/cluster/_runtime_env_probe.py", runtime_env=_runtime_env()
+    )
     status, logs = _wait(job_client, job_id), job_client.get_job_logs(job_id)
     assert status == "SUCCEEDED", logs[-3000:]
     (line,) = [ln for ln in logs.splitlines() if ln.startswith("PROBE ")]
-    seen = json.loads(line[len("PROBE "):])
-    assert seen["env"] == {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                           "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCH_EXTENSIONS_DIR": "/data/cache/torch_extensions"}
+    seen = json.loads(line[len("PROBE ") :])
+    assert seen["env"] == {
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "TORCH_EXTENSIONS_DIR": "/data/cache/torch_extensions",
+    }
     assert seen["has_recipes"] and "working_dir_files" in seen["cwd"]  # the uploaded checkout, not /work/main
     assert seen["lcray"].startswith(seen["cwd"])  # workers import lcray from the upload
 

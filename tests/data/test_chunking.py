@@ -1,4 +1,5 @@
 """Token chunking for LOGO importance scoring."""
+
 import math
 
 import numpy as np
@@ -7,8 +8,7 @@ import pytest
 from lcray.data import chunk_text, chunk_tokens
 from lcray.models import load_tokenizer
 
-TEXT = ("Velmora is the capital of Norland. The river Osk flows through Velmora. "
-        "Héllo wörld, 日本語のテキスト 🙂. " * 7)
+TEXT = "Velmora is the capital of Norland. The river Osk flows through Velmora. Héllo wörld, 日本語のテキスト 🙂. " * 7
 
 
 def test_chunk_tokens_sizes():

@@ -1,4 +1,5 @@
 """SoLoPO short/long contexts and the QA prompt."""
+
 import re
 
 import pytest
@@ -52,8 +53,13 @@ def test_deterministic_by_seed(tok, records):
 
 
 def test_pool_extends_long_context_without_answer_leaks(tok, records):
-    r = QARecord(**{**records[0].to_dict(), "documents": [records[0].documents[i] for i in records[0].supporting],
-                    "supporting": list(range(len(records[0].supporting)))})
+    r = QARecord(
+        **{
+            **records[0].to_dict(),
+            "documents": [records[0].documents[i] for i in records[0].supporting],
+            "supporting": list(range(len(records[0].supporting))),
+        }
+    )
     alone = build_contexts(r, tok, long_tokens=3000, seed=0)
     assert alone.long_tokens < 0.85 * 3000  # no distractors: cannot reach the target
     leak = f"A note says {r.answers[0]} matters."
@@ -64,12 +70,19 @@ def test_pool_extends_long_context_without_answer_leaks(tok, records):
 
 
 def test_without_supporting_labels_uses_importance(tok):
-    docs = ["Bananas grow in warm places and taste sweet. " * 3,
-            "Velmora is the capital of Norland. Norland has cold winters.",
-            "The weather was mild that spring in the hills. " * 3,
-            "The river Osk flows through Velmora, the capital city."]
-    r = QARecord(id="u", question="Which river flows through the capital of Norland?", answers=["Osk"],
-                 documents=docs, distractors=["Cats sleep a lot during the day."] * 1)
+    docs = [
+        "Bananas grow in warm places and taste sweet. " * 3,
+        "Velmora is the capital of Norland. Norland has cold winters.",
+        "The weather was mild that spring in the hills. " * 3,
+        "The river Osk flows through Velmora, the capital city.",
+    ]
+    r = QARecord(
+        id="u",
+        question="Which river flows through the capital of Norland?",
+        answers=["Osk"],
+        documents=docs,
+        distractors=["Cats sleep a lot during the day."] * 1,
+    )
     pair = build_contexts(r, tok, long_tokens=400, seed=0, max_short_tokens=60)
     assert _docs(pair.short) == [docs[1], docs[3]]
     assert docs[0] in pair.long and docs[2] in pair.long

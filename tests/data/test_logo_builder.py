@@ -1,5 +1,6 @@
 """LOGO preference-data builder on a real local Ray: vLLM rollout pool (tiny random model,
 gibberish answers) + BM25 scorer pool; 6 synthetic records in 2 shards."""
+
 from __future__ import annotations
 
 import copy
@@ -64,8 +65,9 @@ def built(tmp_path_factory, cfg, tok, pools, records):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(logo_builder, "build_logo_shard", spy)
-        manifest = build_logo_dataset(records, cfg=cfg, tokenizer=tok, rollout=pools[0], scorers=pools[1],
-                                      out_dir=out, progress=False)
+        manifest = build_logo_dataset(
+            records, cfg=cfg, tokenizer=tok, rollout=pools[0], scorers=pools[1], out_dir=out, progress=False
+        )
     return out, manifest, made
 
 
@@ -143,8 +145,9 @@ def test_rerun_skips_finished_shards_and_load_matches(built, cfg, tok, pools, re
     out, manifest, made = built
     with pytest.MonkeyPatch.context() as mp:
         calls = _count_calls(mp, pools)
-        again = build_logo_dataset(records, cfg=cfg, tokenizer=tok, rollout=pools[0], scorers=pools[1],
-                                   out_dir=out, progress=False)
+        again = build_logo_dataset(
+            records, cfg=cfg, tokenizer=tok, rollout=pools[0], scorers=pools[1], out_dir=out, progress=False
+        )
     assert calls == {"generate": 0, "score_chunks": 0}
     assert again.to_dict() == manifest.to_dict()
     loaded = load_logo_dataset(out)
@@ -158,8 +161,9 @@ def test_config_change_raises_clear_error(built, cfg, tok, pools, records):
     with pytest.MonkeyPatch.context() as mp:
         calls = _count_calls(mp, pools)
         with pytest.raises(LogoDataError, match=r"logo_data\.num_partial: 1 -> 0.*delete that folder"):
-            build_logo_dataset(records, cfg=changed, tokenizer=tok, rollout=pools[0], scorers=pools[1],
-                               out_dir=out, progress=False)
+            build_logo_dataset(
+                records, cfg=changed, tokenizer=tok, rollout=pools[0], scorers=pools[1], out_dir=out, progress=False
+            )
     assert calls == {"generate": 0, "score_chunks": 0}
 
 
@@ -169,7 +173,8 @@ def test_missing_shard_is_rebuilt_alone(built, cfg, tok, pools, records, tmp_pat
     (out / "shard-00001.parquet").unlink()
     with pytest.MonkeyPatch.context() as mp:
         calls = _count_calls(mp, pools)
-        manifest = build_logo_dataset(records, cfg=cfg, tokenizer=tok, rollout=pools[0], scorers=pools[1],
-                                      out_dir=out, progress=False)
+        manifest = build_logo_dataset(
+            records, cfg=cfg, tokenizer=tok, rollout=pools[0], scorers=pools[1], out_dir=out, progress=False
+        )
     assert calls == {"generate": 1, "score_chunks": 1} and manifest.complete
     assert (out / "shard-00001.parquet").is_file()

@@ -1,4 +1,5 @@
 """LOGO positional index synthesis: invariants over random layouts, exact and error cases."""
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,9 +14,13 @@ def _bounds(n: int, window: int) -> list[int]:
 
 
 @settings(max_examples=400, deadline=None)
-@given(chunk_lens=st.lists(st.integers(1, 40), min_size=0, max_size=10), qa_len=st.integers(1, 16),
-       spare=st.one_of(st.just(0), st.integers(0, 30), st.integers(0, 3000)), mode=st.sampled_from(MODES),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    chunk_lens=st.lists(st.integers(1, 40), min_size=0, max_size=10),
+    qa_len=st.integers(1, 16),
+    spare=st.one_of(st.just(0), st.integers(0, 30), st.integers(0, 3000)),
+    mode=st.sampled_from(MODES),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_invariants(chunk_lens, qa_len, spare, mode, seed):
     total = sum(chunk_lens)
     target = total + qa_len + spare
@@ -82,17 +87,20 @@ def test_deterministic_given_rng_seed():
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("args, kw, match", [
-    (([10, 10], 5, 24), {}, "do not fit"),
-    (([10, 0], 5, 100), {}, r"chunk_lens\[1\] must be > 0"),
-    (([10, -3], 5, 100), {}, r"chunk_lens\[1\] must be > 0"),
-    (([10], 0, 100), {}, "qa_len must be > 0"),
-    (([10], -1, 100), {}, "qa_len must be > 0"),
-    (([10], 5, 0), {}, "target_len must be > 0"),
-    (([10.0], 5, 100), {}, "must be an int"),
-    (([10], 5, 100), {"mode": "dense"}, "mode must be one of"),
-    (([10], 5, 100), {"rng": np.random.RandomState(0)}, "numpy Generator"),
-])
+@pytest.mark.parametrize(
+    "args, kw, match",
+    [
+        (([10, 10], 5, 24), {}, "do not fit"),
+        (([10, 0], 5, 100), {}, r"chunk_lens\[1\] must be > 0"),
+        (([10, -3], 5, 100), {}, r"chunk_lens\[1\] must be > 0"),
+        (([10], 0, 100), {}, "qa_len must be > 0"),
+        (([10], -1, 100), {}, "qa_len must be > 0"),
+        (([10], 5, 0), {}, "target_len must be > 0"),
+        (([10.0], 5, 100), {}, "must be an int"),
+        (([10], 5, 100), {"mode": "dense"}, "mode must be one of"),
+        (([10], 5, 100), {"rng": np.random.RandomState(0)}, "numpy Generator"),
+    ],
+)
 def test_errors(args, kw, match):
     kw = {"mode": "continuous", "rng": np.random.default_rng(0)} | kw
     with pytest.raises(ValueError, match=match):

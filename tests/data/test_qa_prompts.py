@@ -1,4 +1,5 @@
 """SoLoPO pairing and the offline pairs file (no Ray)."""
+
 import json
 import random
 
@@ -47,8 +48,14 @@ def test_offline_pairs_file(tmp_path, tiny_model_dir):
         {"prompt": "Q?", "long_prompt": "L", "chosen": "", "rejected": "b"},
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    parse = lambda row, default_id: pair_from_row(row, default_id, tok, prompt_key="prompt",  # noqa: E731
-                                                  chosen_key="chosen", rejected_key="rejected")
+    parse = lambda row, default_id: pair_from_row(
+        row,
+        default_id,
+        tok,
+        prompt_key="prompt",  # noqa: E731
+        chosen_key="chosen",
+        rejected_key="rejected",
+    )
     with pytest.raises(DataError, match=r"pairs.jsonl: row 3: field 'chosen': missing or empty"):
         read_rows(path, parse)
     got = read_rows(path, parse, on_error="skip")

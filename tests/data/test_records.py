@@ -1,7 +1,8 @@
 """QA record IO: accepted layouts, round trips, and error messages that point at the row."""
+
 import json
-import re
 import logging
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,9 +11,14 @@ import pytest
 from lcray.data import DataError, QARecord, ReadResult, read_records, record_from_dict, write_records
 
 RECORDS = [
-    QARecord(id="a", question="Which river flows through the capital of Norland?", answers=["Osk"],
-             documents=["Velmora is the capital of Norland.", "The river Osk flows through Velmora.", "Noise."],
-             supporting=[0, 1], distractors=["Extra distractor."]),
+    QARecord(
+        id="a",
+        question="Which river flows through the capital of Norland?",
+        answers=["Osk"],
+        documents=["Velmora is the capital of Norland.", "The river Osk flows through Velmora.", "Noise."],
+        supporting=[0, 1],
+        distractors=["Extra distractor."],
+    ),
     QARecord(id="b", question="What is it?", answers=["x", "ex"], context="A plain long context."),
 ]
 
@@ -32,12 +38,18 @@ def test_round_trip(tmp_path, name):
 
 
 def test_musique_paragraphs(tmp_path):
-    row = {"id": "2hop_1", "question": "Who founded the company?", "answer": "Ada",
-           "answer_aliases": ["Ada L."], "answerable": True,
-           "paragraphs": [{"idx": 0, "title": "Noise", "paragraph_text": "Nothing here.", "is_supporting": False},
-                          {"idx": 1, "title": "Acme", "paragraph_text": "Acme was founded by Ada.",
-                           "is_supporting": True},
-                          {"idx": 2, "title": "Ada", "paragraph_text": "Ada was born in 1815."}]}
+    row = {
+        "id": "2hop_1",
+        "question": "Who founded the company?",
+        "answer": "Ada",
+        "answer_aliases": ["Ada L."],
+        "answerable": True,
+        "paragraphs": [
+            {"idx": 0, "title": "Noise", "paragraph_text": "Nothing here.", "is_supporting": False},
+            {"idx": 1, "title": "Acme", "paragraph_text": "Acme was founded by Ada.", "is_supporting": True},
+            {"idx": 2, "title": "Ada", "paragraph_text": "Ada was born in 1815."},
+        ],
+    }
     (r,) = read_records(_jsonl(tmp_path / "musique.jsonl", [row]))
     assert r.id == "2hop_1" and r.answers == ["Ada", "Ada L."]
     assert r.documents == ["Noise\nNothing here.", "Acme\nAcme was founded by Ada.", "Ada\nAda was born in 1815."]
@@ -46,11 +58,17 @@ def test_musique_paragraphs(tmp_path):
 
 
 def test_hotpotqa_context_and_supporting_facts(tmp_path):
-    row = {"_id": "5a8b", "question": "Which magazine was started first?", "answer": "Arthur's Magazine",
-           "context": [["Radio City", ["Radio City is a radio station.", " It is in India."]],
-                       ["Arthur's Magazine", ["Arthur's Magazine (1844-1846) was a periodical."]],
-                       ["First for Women", ["First for Women is a magazine.", " It started in 1989."]]],
-           "supporting_facts": [["Arthur's Magazine", 0], ["First for Women", 1], ["Not In Context", 0]]}
+    row = {
+        "_id": "5a8b",
+        "question": "Which magazine was started first?",
+        "answer": "Arthur's Magazine",
+        "context": [
+            ["Radio City", ["Radio City is a radio station.", " It is in India."]],
+            ["Arthur's Magazine", ["Arthur's Magazine (1844-1846) was a periodical."]],
+            ["First for Women", ["First for Women is a magazine.", " It started in 1989."]],
+        ],
+        "supporting_facts": [["Arthur's Magazine", 0], ["First for Women", 1], ["Not In Context", 0]],
+    }
     # HotpotQA ships a JSON array; the same row as JSONL reads the same.
     (tmp_path / "hotpot.json").write_text(json.dumps([row]))
     (r,) = read_records(tmp_path / "hotpot.json")
@@ -59,15 +77,25 @@ def test_hotpotqa_context_and_supporting_facts(tmp_path):
     assert r.supporting == [1, 2]
     assert read_records(_jsonl(tmp_path / "hotpot.jsonl", [row])) == [r]
     # HF-datasets column layout
-    hf = dict(row, context={"title": [c[0] for c in row["context"]], "sentences": [c[1] for c in row["context"]]},
-              supporting_facts={"title": ["Arthur's Magazine"], "sent_id": [0]})
+    hf = dict(
+        row,
+        context={"title": [c[0] for c in row["context"]], "sentences": [c[1] for c in row["context"]]},
+        supporting_facts={"title": ["Arthur's Magazine"], "sent_id": [0]},
+    )
     assert record_from_dict(hf).documents == r.documents
     assert record_from_dict(hf).supporting == [1]
 
 
 def test_longbench_context_string(tmp_path):
-    row = {"_id": "lb1", "input": "Where was X born?", "context": "Passage 1: ... X was born in Y. ...",
-           "answers": ["Y"], "length": 7, "all_classes": None, "dataset": "hotpotqa"}
+    row = {
+        "_id": "lb1",
+        "input": "Where was X born?",
+        "context": "Passage 1: ... X was born in Y. ...",
+        "answers": ["Y"],
+        "length": 7,
+        "all_classes": None,
+        "dataset": "hotpotqa",
+    }
     (r,) = read_records(_jsonl(tmp_path / "lb.jsonl", [row]))
     assert (r.id, r.question, r.answers) == ("lb1", "Where was X born?", ["Y"])
     assert r.context == row["context"] and r.documents == [] and r.supporting == []
@@ -92,18 +120,24 @@ def test_bad_row_names_file_row_and_field(tmp_path):
     assert isinstance(exc.value, ValueError)
 
 
-@pytest.mark.parametrize("row, field, text", [
-    ({"id": "x", "answers": ["a"], "documents": ["d"]}, "question", "missing"),
-    (dict(GOOD, answers=[]), "answers", "non-empty list"),
-    ({"id": "x", "question": "q?", "documents": ["d"]}, "answers", "missing"),
-    (dict(GOOD, documents=[]), "documents", "no documents and no context"),
-    (dict(GOOD, documents=["d"], supporting=[3]), "supporting", "out of range"),
-    (dict(GOOD, supporting="0"), "supporting", "list of document indices"),
-    (dict(GOOD, id=[1]), "id", "expected a string"),
-    ({"id": "x", "question": "q?", "answers": "a", "paragraphs": [{"title": "t"}]}, "paragraphs[0]",
-     "paragraph_text"),
-    ({"id": "x", "question": "q?", "answers": "a", "context": [["t", 5]]}, "context[0]", "[title, [sentences]]"),
-])
+@pytest.mark.parametrize(
+    "row, field, text",
+    [
+        ({"id": "x", "answers": ["a"], "documents": ["d"]}, "question", "missing"),
+        (dict(GOOD, answers=[]), "answers", "non-empty list"),
+        ({"id": "x", "question": "q?", "documents": ["d"]}, "answers", "missing"),
+        (dict(GOOD, documents=[]), "documents", "no documents and no context"),
+        (dict(GOOD, documents=["d"], supporting=[3]), "supporting", "out of range"),
+        (dict(GOOD, supporting="0"), "supporting", "list of document indices"),
+        (dict(GOOD, id=[1]), "id", "expected a string"),
+        (
+            {"id": "x", "question": "q?", "answers": "a", "paragraphs": [{"title": "t"}]},
+            "paragraphs[0]",
+            "paragraph_text",
+        ),
+        ({"id": "x", "question": "q?", "answers": "a", "context": [["t", 5]]}, "context[0]", "[title, [sentences]]"),
+    ],
+)
 def test_field_errors(tmp_path, row, field, text):
     path = _jsonl(tmp_path / "bad.jsonl", [GOOD, row])
     with pytest.raises(DataError, match=re.escape(f"row 2: field '{field}'")) as exc:

@@ -1,4 +1,5 @@
 """Synthetic multi-hop QA: deterministic, disjoint entity pools, the answer where it belongs."""
+
 import re
 
 import pytest
@@ -68,14 +69,32 @@ def test_multi_hop_chain_links_the_supporting_documents():
 def test_distractors_share_sentence_shapes():
     # Lexical overlap is informative but not perfect: distractors reuse relation wording.
     r = make_synthetic_records(1, seed=0, num_distractors=30)[0]
-    relation_words = ("capital", "river", "mayor", "born", "works for", "founded", "headquarters",
-                      "city in", "highest mountain")
+    relation_words = (
+        "capital",
+        "river",
+        "mayor",
+        "born",
+        "works for",
+        "founded",
+        "headquarters",
+        "city in",
+        "highest mountain",
+    )
     shaped = [d for i, d in enumerate(r.documents) if i not in r.supporting and any(w in d for w in relation_words)]
     assert len(shaped) >= 20
 
 
-@pytest.mark.parametrize("kw", [dict(n=-1), dict(num_support=0), dict(num_distractors=-1),
-                                dict(entity_pool="dev"), dict(doc_sentences=(0, 3)), dict(doc_sentences=(4, 3))])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(n=-1),
+        dict(num_support=0),
+        dict(num_distractors=-1),
+        dict(entity_pool="dev"),
+        dict(doc_sentences=(0, 3)),
+        dict(doc_sentences=(4, 3)),
+    ],
+)
 def test_invalid_arguments(kw):
     args = dict(n=2, seed=0) | kw
     with pytest.raises(ValueError):

@@ -1,5 +1,6 @@
 """The transformers back end in-process (the vLLM one is tested inside RolloutActors, where its
 process-global settings stay out of the test process)."""
+
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ def test_greedy_is_the_argmax_and_logprobs_are_the_models(engine):
     prompt = [5, 6, 7, 8]
     c = engine.generate([prompt], SamplingConfig(temperature=0.0, max_new_tokens=5))[0].completions[0]
     with torch.no_grad():
-        logps = engine.model(torch.tensor([prompt + c.token_ids])).logits[0, len(prompt) - 1:-1].log_softmax(-1)
+        logps = engine.model(torch.tensor([prompt + c.token_ids])).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
     assert c.token_ids == logps.argmax(-1).tolist()
     assert c.logprobs == pytest.approx(logps.max(-1).values.tolist(), abs=1e-5)
 

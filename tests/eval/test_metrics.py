@@ -1,4 +1,5 @@
 """LongBench/SQuAD metrics against hand-worked examples (arithmetic in the comments)."""
+
 from fractions import Fraction
 
 import pytest

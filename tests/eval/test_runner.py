@@ -1,6 +1,7 @@
 """lcray.eval runner + needle sweep. Fake in-process engines (answers known exactly) test the
 scoring/aggregation math, the needle placement and the outputs; one slow test runs `lcray eval`
 end to end on the tiny model with the real vLLM engine."""
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,9 @@ def test_evaluate_model_scores_and_report(tiny_model_dir, tok, tmp_path):
     task_a = load_task_file(tmp_path / "qa_a.jsonl")
     assert (task_a.name, task_a.metric, len(task_a.records)) == ("qa_a", "sub_em", 4)
     engine = OracleQA(replies)
-    report = evaluate_model(tiny_model_dir, [task_a, EvalTask("b", b, "f1")], context_lengths=[None, 400],
-                            engine=engine, max_new_tokens=8)
+    report = evaluate_model(
+        tiny_model_dir, [task_a, EvalTask("b", b, "f1")], context_lengths=[None, 400], engine=engine, max_new_tokens=8
+    )
     assert engine.calls == 1 and len(engine.prompts) == 12  # one batched call for all cells
     # full length = the record's own documents, rendered with the shared QA template
     assert engine.prompts[0] == render_prompt(format_documents(a[0].documents), a[0].question, tok)
@@ -96,8 +98,12 @@ def test_evaluate_model_scores_and_report(tiny_model_dir, tok, tmp_path):
 
 
 def test_report_math_and_markdown():
-    cells = [CellResult("x", None, "sub_em", 1.0, 2, 900.0), CellResult("x", 500, "sub_em", 0.5, 2, 480.0),
-             CellResult("y", None, "f1", 0.25, 3, 700.0), CellResult("y", 500, "f1", 0.0, 3, 500.0)]
+    cells = [
+        CellResult("x", None, "sub_em", 1.0, 2, 900.0),
+        CellResult("x", 500, "sub_em", 0.5, 2, 480.0),
+        CellResult("y", None, "f1", 0.25, 3, 700.0),
+        CellResult("y", 500, "f1", 0.0, 3, 500.0),
+    ]
     r = EvalReport(model="m", lengths=[500, None], cells=cells)
     assert r.length_averages() == {"500": 0.25, "full": 0.625}
     assert r.average == pytest.approx(0.4375)
@@ -166,9 +172,30 @@ def test_lcray_eval_cli_vllm(tiny_model_dir, tmp_path, capsys):
     env = dict(os.environ)
     write_records(make_synthetic_records(2, seed=5, num_distractors=3, entity_pool="test"), tmp_path / "t.jsonl")
     out = tmp_path / "out"
-    rc = main(["eval", "--model", str(tiny_model_dir), "--task", f"{tmp_path / 't.jsonl'}:f1", "--synthetic", "2",
-               "--lengths", "200,full", "--needle", "--needle-lengths", "150,300", "--needle-depths", "0,1",
-               "--backend", "vllm", "--max-new-tokens", "4", "--out", str(out)])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_model_dir),
+            "--task",
+            f"{tmp_path / 't.jsonl'}:f1",
+            "--synthetic",
+            "2",
+            "--lengths",
+            "200,full",
+            "--needle",
+            "--needle-lengths",
+            "150,300",
+            "--needle-depths",
+            "0,1",
+            "--backend",
+            "vllm",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     # the in-process engine was released: no process group, environment as before
     assert not dist.is_initialized() and dict(os.environ) == env

@@ -1,4 +1,5 @@
 """Bootstrap intervals on hand-checkable inputs."""
+
 import numpy as np
 import pytest
 

@@ -3,26 +3,31 @@
 A subprocess keeps DeepSpeed's process-global state (ZeRO-3 init hooks, the gloo group) out of
 the pytest process.
 """
+
 import argparse
 import json
 
 from lcray.config import load_config
 from lcray.data.schema import PreferenceExample
-from lcray.learner.distributed import destroy_process_group, free_port, init_process_group
 from lcray.learner import PolicyLearner
+from lcray.learner.distributed import destroy_process_group, free_port, init_process_group
 
 
 def examples(tokenizer, n: int) -> list[PreferenceExample]:
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     out = []
     for i in range(n):
-        out.append(PreferenceExample(
-            id=str(i),
-            prompt_ids=enc(f"Document {i}: The capital of Norland is Velmora. Question: capital of Norland?"),
-            chosen_ids=enc(" Velmora"),
-            rejected_ids=[enc(f" Kastor {i}")],
-            long_prompt_ids=enc(f"Filler text {i}. " * 20 + "The capital of Norland is Velmora. Question: capital of Norland?"),
-        ))
+        out.append(
+            PreferenceExample(
+                id=str(i),
+                prompt_ids=enc(f"Document {i}: The capital of Norland is Velmora. Question: capital of Norland?"),
+                chosen_ids=enc(" Velmora"),
+                rejected_ids=[enc(f" Kastor {i}")],
+                long_prompt_ids=enc(
+                    f"Filler text {i}. " * 20 + "The capital of Norland is Velmora. Question: capital of Norland?"
+                ),
+            )
+        )
     return out
 
 
@@ -54,13 +59,26 @@ def main() -> None:
         source = ZeroWeightSource(learner.engine.module)
         meta = {m.name: tuple(m.shape) for m in source.metadata()}
         pairs = dict(iter(source))
-        source_ok = (set(meta) == set(pairs) <= set(exported)
-                     and all(meta[n] == tuple(exported[n].shape) for n in meta)
-                     and all(bool((pairs[n] == exported[n]).all()) for n in pairs)
-                     and sum(len(g) for g in source.groups()) == len(meta))
+        source_ok = (
+            set(meta) == set(pairs) <= set(exported)
+            and all(meta[n] == tuple(exported[n].shape) for n in meta)
+            and all(bool((pairs[n] == exported[n]).all()) for n in pairs)
+            and sum(len(g) for g in source.groups()) == len(meta)
+        )
     # DeepSpeed also prints to stdout: tag the result line.
-    print("RESULT " + json.dumps({"metrics": metrics, "num_exported": len(exported), "source_ok": source_ok,
-                                     "names_match": names_match, "changed": changed}), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "metrics": metrics,
+                "num_exported": len(exported),
+                "source_ok": source_ok,
+                "names_match": names_match,
+                "changed": changed,
+            }
+        ),
+        flush=True,
+    )
     destroy_process_group()
 
 

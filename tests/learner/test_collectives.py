@@ -1,5 +1,6 @@
 """Collectives run on the learner's device (NCCL refuses host tensors; gloo does not, so CPU runs
 alone would never show it) and the DPO reference sits on the learner's device at ZeRO 0-2."""
+
 from __future__ import annotations
 
 import ast
@@ -15,9 +16,22 @@ from lcray.learner import collectives
 
 LCRAY = Path(__file__).resolve().parents[2] / "lcray"
 # torch.distributed calls that move tensors (or need the rank's device, like barrier).
-TENSOR_COLLECTIVES = {"all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce",
-                      "reduce_scatter", "reduce_scatter_tensor", "all_to_all", "all_to_all_single",
-                      "gather", "scatter", "barrier", "all_gather_object", "broadcast_object_list"}
+TENSOR_COLLECTIVES = {
+    "all_reduce",
+    "broadcast",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "all_to_all",
+    "all_to_all_single",
+    "gather",
+    "scatter",
+    "barrier",
+    "all_gather_object",
+    "broadcast_object_list",
+}
 
 
 def _distributed_calls(path: Path) -> list[str]:
@@ -103,11 +117,14 @@ def test_dpo_reference_is_moved_to_the_learner_device(tiny_model_dir):
     from lcray.learner import model_setup
     from lcray.learner.ds_config import build_ds_config
 
-    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "algo.loss_type=dpo", "algo.simpo_gamma=0",
-                             "learner.zero_stage=2"])
+    cfg = load_config(
+        None,
+        [f"model.name_or_path={tiny_model_dir}", "algo.loss_type=dpo", "algo.simpo_gamma=0", "learner.zero_stage=2"],
+    )
     ds = build_ds_config(cfg.learner, 1)
-    ref = model_setup.load_reference(cfg, str(tiny_model_dir), ds, build_ds_config(cfg.learner, 1, with_optimizer=False),
-                                     device=torch.device("meta"))
+    ref = model_setup.load_reference(
+        cfg, str(tiny_model_dir), ds, build_ds_config(cfg.learner, 1, with_optimizer=False), device=torch.device("meta")
+    )
     devices = {p.device for p in ref.parameters()}
     assert devices == {torch.device("meta")}
     assert not any(p.requires_grad for p in ref.parameters())

@@ -1,4 +1,5 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 train the tiny model (real DeepSpeed, gloo, one CPU rank)."""
+
 import json
 import math
 import os
@@ -15,30 +16,51 @@ def run_steps(model_dir: Path, *overrides: str, steps: int = 3) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--model", str(model_dir), "--steps", str(steps), *overrides],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_trains_and_matches(tiny_model_dir, stage):
-    out = run_steps(tiny_model_dir, f"learner.zero_stage={stage}", "algo.loss_type=simpo",
-                    "learner.train_batch_size=2", "learner.lr_scheduler_type=constant")
+    out = run_steps(
+        tiny_model_dir,
+        f"learner.zero_stage={stage}",
+        "algo.loss_type=simpo",
+        "learner.train_batch_size=2",
+        "learner.lr_scheduler_type=constant",
+    )
     losses = [m["loss"] for m in out["metrics"]]
     assert losses[-1] < losses[0], losses  # same batch, lr 1e-3: the loss must fall
     assert out["num_exported"] > 0
     assert all(m["grad_norm"] > 0 for m in out["metrics"])
     # ZeRO only partitions state: a stage-0 run on the same data gives the same losses.
-    reference = run_steps(tiny_model_dir, "learner.zero_stage=0", "algo.loss_type=simpo",
-                          "learner.train_batch_size=2", "learner.lr_scheduler_type=constant")
+    reference = run_steps(
+        tiny_model_dir,
+        "learner.zero_stage=0",
+        "algo.loss_type=simpo",
+        "learner.train_batch_size=2",
+        "learner.lr_scheduler_type=constant",
+    )
     assert losses == pytest.approx([m["loss"] for m in reference["metrics"]], rel=1e-4, abs=1e-5)
 
 
 def test_zero3_dpo_with_reference_and_solo_ra(tiny_model_dir):
-    out = run_steps(tiny_model_dir, "--check-weight-source", "learner.zero_stage=3", "algo.loss_type=dpo", "algo.beta=0.1",
-                    "algo.solo_ra.alpha=1.0", "learner.train_batch_size=2", steps=2)
+    out = run_steps(
+        tiny_model_dir,
+        "--check-weight-source",
+        "learner.zero_stage=3",
+        "algo.loss_type=dpo",
+        "algo.beta=0.1",
+        "algo.solo_ra.alpha=1.0",
+        "learner.train_batch_size=2",
+        steps=2,
+    )
     first = out["metrics"][0]
     # Before the first update policy == reference: every DPO reward is 0, loss = log 2,
     # and short/long rewards are both 0 so SoLo-RA is 0.
@@ -53,9 +75,17 @@ def test_zero3_dpo_with_reference_and_solo_ra(tiny_model_dir):
 def test_lora_dpo_reference_is_the_adapter_free_model(tiny_model_dir):
     """LoRA: the DPO reference is the same network with adapters disabled (no second copy);
     exports merge the adapters into plain HF tensors. Also runs with gradient checkpointing."""
-    out = run_steps(tiny_model_dir, "learner.zero_stage=2", "algo.loss_type=dpo", "algo.beta=0.1",
-                    "model.lora.r=4", "model.gradient_checkpointing=true", "learner.learning_rate=0.01",
-                    "learner.train_batch_size=2", steps=2)
+    out = run_steps(
+        tiny_model_dir,
+        "learner.zero_stage=2",
+        "algo.loss_type=dpo",
+        "algo.beta=0.1",
+        "model.lora.r=4",
+        "model.gradient_checkpointing=true",
+        "learner.learning_rate=0.01",
+        "learner.train_batch_size=2",
+        steps=2,
+    )
     first, second = out["metrics"]
     assert first["po_loss"] == pytest.approx(math.log(2), abs=1e-5)  # LoRA B starts at 0: policy == reference
     assert second["rewards/margin"] > 0
@@ -68,9 +98,15 @@ def test_lora_dpo_reference_is_the_adapter_free_model(tiny_model_dir):
 def test_staged_solo_ra_backward_takes_the_joint_steps(tiny_model_dir, stage, loss_type):
     """solo_ra.staged_backward (x_long term backwarded on its own, two DeepSpeed micro-steps per
     micro-batch) takes the same optimizer steps as the joint backward, with gradient accumulation."""
-    common = (f"learner.zero_stage={stage}", f"algo.loss_type={loss_type}", "algo.beta=0.5",
-              "algo.solo_ra.alpha=1.0", "learner.train_batch_size=4", "learner.micro_train_batch_size=2",
-              "learner.lr_scheduler_type=constant")
+    common = (
+        f"learner.zero_stage={stage}",
+        f"algo.loss_type={loss_type}",
+        "algo.beta=0.5",
+        "algo.solo_ra.alpha=1.0",
+        "learner.train_batch_size=4",
+        "learner.micro_train_batch_size=2",
+        "learner.lr_scheduler_type=constant",
+    )
     joint = run_steps(tiny_model_dir, *common)["metrics"]
     staged = run_steps(tiny_model_dir, *common, "algo.solo_ra.staged_backward=true")["metrics"]
     assert joint[-1]["loss"] != pytest.approx(joint[0]["loss"], rel=1e-3)  # the steps do change the model

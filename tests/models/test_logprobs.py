@@ -26,8 +26,10 @@ def model(tiny_model_dir: Path) -> Any:
 
 def _sequences(vocab: int, specs: list[tuple[int, int]], seed: int = 0) -> list[dict[str, Any]]:
     g = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(4, vocab, (n,), generator=g).tolist(), "response_start": start}
-            for n, start in specs]
+    return [
+        {"input_ids": torch.randint(4, vocab, (n,), generator=g).tolist(), "response_start": start}
+        for n, start in specs
+    ]
 
 
 SPECS = [(16, 9), (30, 21), (51, 35)]
@@ -43,13 +45,15 @@ def _reference(model: Any, seqs: list[dict[str, Any]]) -> torch.Tensor:
         # position-id jump as a new packed sequence and would cut attention there.
         logits = model(ids, position_ids=pos, attention_mask=torch.ones_like(ids)).logits[0]
         logp = torch.log_softmax(logits.float(), -1)[:-1].gather(-1, ids[0, 1:, None]).squeeze(-1)
-        out.append(logp[s["response_start"] - 1:].sum())
+        out.append(logp[s["response_start"] - 1 :].sum())
     return torch.stack(out)
 
 
 def test_build_batch_layout() -> None:
-    seqs = [{"input_ids": [5, 6, 7], "response_start": 2},
-            {"input_ids": [8, 9], "response_start": 1, "position_ids": [100, 200]}]
+    seqs = [
+        {"input_ids": [5, 6, 7], "response_start": 2},
+        {"input_ids": [8, 9], "response_start": 1, "position_ids": [100, 200]},
+    ]
     b = build_batch(seqs, pad_id=3)
     assert b.input_ids.tolist() == [[5, 6, 7], [8, 9, 3]]
     assert b.position_ids.tolist() == [[0, 1, 2], [100, 200, 0]]
@@ -93,8 +97,9 @@ def test_packed_without_block_mask_would_leak(model: Any) -> None:
     packed = build_batch(seqs, pack=True)
     with torch.no_grad():
         good = sequence_logprobs(model, packed)
-        causal_only = model(packed.input_ids, position_ids=packed.position_ids,
-                            attention_mask=torch.ones_like(packed.input_ids)).logits
+        causal_only = model(
+            packed.input_ids, position_ids=packed.position_ids, attention_mask=torch.ones_like(packed.input_ids)
+        ).logits
     lp = torch.log_softmax(causal_only[0, :-1], -1).gather(-1, packed.input_ids[0, 1:, None]).squeeze(-1)
     leaked = lp[packed.loss_mask[0, 1:] & (packed.seq_index[0, 1:] == 1)].sum()
     assert (leaked - good.logp[1]).abs() > 1e-3
@@ -120,8 +125,9 @@ def test_jumping_position_ids(model: Any) -> None:
         ref = _reference(model, seqs)
         unpacked = sequence_logprobs(model, build_batch(seqs))
         packed = sequence_logprobs(model, build_batch(seqs, pack=True))
-        default_ids = sequence_logprobs(model, build_batch([{k: v for k, v in s.items() if k != "position_ids"}
-                                                            for s in seqs]))
+        default_ids = sequence_logprobs(
+            model, build_batch([{k: v for k, v in s.items() if k != "position_ids"} for s in seqs])
+        )
     _close(unpacked.logp, ref)
     _close(packed.logp, ref)
     # The ids matter: the same tokens at positions 0..n-1 score differently.
@@ -175,8 +181,7 @@ def test_peft_wrapped_model(tiny_model_dir: Path, model: Any) -> None:
 
 
 def test_build_batch_errors() -> None:
-    seqs = [{"input_ids": list(range(5)), "response_start": 2},
-            {"input_ids": list(range(12)), "response_start": 3}]
+    seqs = [{"input_ids": list(range(5)), "response_start": 2}, {"input_ids": list(range(12)), "response_start": 3}]
     with pytest.raises(ValueError, match="sequence 1 has 12 tokens"):
         build_batch(seqs, pack=True, max_tokens_per_row=8)
     with pytest.raises(ValueError, match="response_start=0"):

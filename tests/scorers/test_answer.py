@@ -1,4 +1,5 @@
 """AnswerScorer: metric choice, the "Answer:" chain-of-thought rule, F1 threshold."""
+
 from fractions import Fraction
 
 import pytest

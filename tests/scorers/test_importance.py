@@ -1,4 +1,5 @@
 """Chunk-importance scorers and select_chunks."""
+
 import importlib.util
 
 import numpy as np

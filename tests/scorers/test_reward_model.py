@@ -1,5 +1,6 @@
 """RewardModelScorer on a tiny random reward model, ScorerWorker / ScorerPool with
 answer_kind="reward_model", and the scorer.reward_model config keys."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,14 @@ from lcray.config import ConfigError, load_config
 from lcray.scorers import RewardModelScorer, make_answer_scorer
 
 PROMPTS = [f"Documents: the capital of Norland{i} is Velmora. Question: capital of Norland{i}?" for i in range(6)]
-RESPONSES = ["Answer: Velmora", "Answer: Kastor", "I think Paris. Answer: Paris", "no idea",
-             "Answer: Velmora, the capital", "Berlin"]
+RESPONSES = [
+    "Answer: Velmora",
+    "Answer: Kastor",
+    "I think Paris. Answer: Paris",
+    "no idea",
+    "Answer: Velmora, the capital",
+    "Berlin",
+]
 
 
 def _build_reward_model(folder, tiny_model_dir, num_labels: int = 1, seed: int = 0):
@@ -59,10 +66,10 @@ def test_batching_matches_one_by_one(scorer):
 def test_render_uses_chat_template_for_plain_prompts_only(scorer):
     tok = scorer.tokenizer
     plain = scorer.render("Q?", "Answer: A")
-    assert plain == tok.apply_chat_template([{"role": "user", "content": "Q?"},
-                                             {"role": "assistant", "content": "Answer: A"}], tokenize=False)
-    formatted = tok.apply_chat_template([{"role": "user", "content": "Q?"}], tokenize=False,
-                                        add_generation_prompt=True)
+    assert plain == tok.apply_chat_template(
+        [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "Answer: A"}], tokenize=False
+    )
+    formatted = tok.apply_chat_template([{"role": "user", "content": "Q?"}], tokenize=False, add_generation_prompt=True)
     assert scorer.render(formatted, "Answer: A") == formatted + "Answer: A"  # not wrapped twice
 
 
@@ -109,8 +116,7 @@ def test_two_label_model_is_rejected(tiny_model_dir, tmp_path):
 def test_worker_labels_via_prompts(rm_dir, scorer):
     scores = scorer.score(PROMPTS, RESPONSES)
     median = sorted(scores)[len(scores) // 2]
-    w = ScorerWorker("reward_model", importance_kind="lexical", reward_model_path=str(rm_dir),
-                     reward_threshold=median)
+    w = ScorerWorker("reward_model", importance_kind="lexical", reward_model_path=str(rm_dir), reward_threshold=median)
     golds = [["Velmora"]] * len(RESPONSES)  # ignored by a reward model
     assert w.score_answers(RESPONSES, golds, prompts=PROMPTS) == pytest.approx(scores, abs=1e-5)
     assert w.label(RESPONSES, golds, prompts=PROMPTS) == [s >= median for s in scores]
@@ -130,14 +136,16 @@ def test_config_reward_model_keys():
     with pytest.raises(ConfigError) as exc:
         load_config(None, ["scorer.reward=reward_model"])
     assert exc.value.key == "scorer.reward_model_path"
-    cfg = load_config(None, ["scorer.reward=reward_model", "scorer.reward_model_path=/models/rm",
-                             "scorer.reward_threshold=-1.5"])
+    cfg = load_config(
+        None, ["scorer.reward=reward_model", "scorer.reward_model_path=/models/rm", "scorer.reward_threshold=-1.5"]
+    )
     assert cfg.scorer.reward_threshold == -1.5
 
 
 def test_pool_with_reward_model(ray_local, rm_dir, scorer):
-    pool = ScorerPool.create(1, answer_kind="reward_model", reward_model_path=str(rm_dir),
-                             reward_threshold=0.0, num_cpus=0.5)
+    pool = ScorerPool.create(
+        1, answer_kind="reward_model", reward_model_path=str(rm_dir), reward_threshold=0.0, num_cpus=0.5
+    )
     try:
         scores = scorer.score(PROMPTS[:3], RESPONSES[:3])
         golds = [["Velmora"]] * 3

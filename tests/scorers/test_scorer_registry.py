@@ -59,9 +59,15 @@ def test_unknown_names_list_the_known_ones():
         make_answer_scorer("bleu")
     with pytest.raises(ValueError, match="'tfidf'.*bm25.*lexical.*embedding"):
         make_importance_scorer("tfidf")
-    with pytest.raises(ConfigError, match=r"scorer\.reward: must be one of sub_em, em, f1, reward_model, "
-                                          r"got 'sub-em' \(did you mean 'sub_em'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"scorer\.reward: must be one of sub_em, em, f1, reward_model, "
+        r"got 'sub-em' \(did you mean 'sub_em'\?\)",
+    ):
         load_config(None, ["scorer.reward=sub-em"])
-    with pytest.raises(ConfigError, match=r"scorer\.importance: must be one of bm25, lexical, embedding, "
-                                          r"got 'bm2' \(did you mean 'bm25'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"scorer\.importance: must be one of bm25, lexical, embedding, "
+        r"got 'bm2' \(did you mean 'bm25'\?\)",
+    ):
         load_config(None, ["scorer.importance=bm2"])

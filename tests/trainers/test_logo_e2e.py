@@ -1,5 +1,6 @@
 """LOGO end to end on the tiny model: synthetic records -> built shards (real Ray, vLLM, BM25
 scorers) -> a few LOGO steps on synthesized position ids; the loss falls."""
+
 import pytest
 
 from lcray.config import load_config
@@ -11,16 +12,39 @@ pytestmark = pytest.mark.slow
 
 def test_logo_builds_data_and_trains(ray_local, tiny_model_dir, tmp_path):
     out = tmp_path / "logo"
-    cfg = load_config(None, [
-        f"model.name_or_path={tiny_model_dir}", "data.num_synthetic_train=6", "data.num_synthetic_eval=2",
-        "data.chunk_tokens=64", "data.target_len=16384", "data.short_context_tokens=150", "data.long_context_tokens=400",
-        "logo_data.num_relevant=2", "logo_data.num_partial=1", "logo_data.context_chunks=6", "logo_data.max_new_tokens=16",
-        "logo_data.shard_size=3", f"logo_data.output_dir={out}/data", "rollout.max_model_len=2048",
-        "learner.learning_rate=0.001", "learner.lr_scheduler_type=constant", "learner.train_batch_size=2",
-        "algo.loss_type=logo", "algo.beta=2.5", "algo.simpo_gamma=0.25", "algo.nll_coef=0.1",
-        "solopo.num_eval_prompts=2", "solopo.eval_max_new_tokens=4", "trainer.max_steps=4",
-        "logging.progress_bar=false", f"trainer.output_dir={out}", f"ckpt.path={out}/ckpt", f"logging.logdir={out}/tb",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            "data.num_synthetic_train=6",
+            "data.num_synthetic_eval=2",
+            "data.chunk_tokens=64",
+            "data.target_len=16384",
+            "data.short_context_tokens=150",
+            "data.long_context_tokens=400",
+            "logo_data.num_relevant=2",
+            "logo_data.num_partial=1",
+            "logo_data.context_chunks=6",
+            "logo_data.max_new_tokens=16",
+            "logo_data.shard_size=3",
+            f"logo_data.output_dir={out}/data",
+            "rollout.max_model_len=2048",
+            "learner.learning_rate=0.001",
+            "learner.lr_scheduler_type=constant",
+            "learner.train_batch_size=2",
+            "algo.loss_type=logo",
+            "algo.beta=2.5",
+            "algo.simpo_gamma=0.25",
+            "algo.nll_coef=0.1",
+            "solopo.num_eval_prompts=2",
+            "solopo.eval_max_new_tokens=4",
+            "trainer.max_steps=4",
+            "logging.progress_bar=false",
+            f"trainer.output_dir={out}",
+            f"ckpt.path={out}/ckpt",
+            f"logging.logdir={out}/tb",
+        ],
+    )
     trainer = LOGOTrainer(cfg)
     summary = trainer.run()
     manifest = read_manifest(out / "data")
@@ -36,5 +60,10 @@ def test_logo_builds_data_and_trains(ray_local, tiny_model_dir, tmp_path):
     assert len(losses) == 4
     # few examples, lr 1e-3: the model fits them, so the loss must fall
     assert losses[-1] < losses[0]
-    assert {"train/rewards/margin", "train/rewards/accuracy", "train/lr", "train/tokens_per_sec",
-            "eval/sub_em_long"} <= set(acc.Tags()["scalars"])
+    assert {
+        "train/rewards/margin",
+        "train/rewards/accuracy",
+        "train/lr",
+        "train/tokens_per_sec",
+        "eval/sub_em_long",
+    } <= set(acc.Tags()["scalars"])

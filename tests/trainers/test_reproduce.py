@@ -1,6 +1,7 @@
 """recipes/reproduce.py end to end on the tiny model (--preset ci): base + Long-PO + SoLoPO + LOGO
 runs (real Ray, vLLM, DeepSpeed, LoRA), then the report: RESULTS.md table with intervals, a PNG
 plot and results.json. Writes only into tmp folders (never the real docs/RESULTS.md)."""
+
 import importlib.util
 import json
 import re
@@ -34,7 +35,9 @@ def test_reproduce_ci_preset(tmp_path):
         assert (out / method / "summary.json").is_file(), method
     assert not (out / "base").exists()
     assert json.loads((out / "long-po" / "summary.json").read_text())["eval_before"]
-    assert json.loads((out / "solopo" / "summary.json").read_text())["eval_before"] == {}  # only the first evaluates before
+    assert (
+        json.loads((out / "solopo" / "summary.json").read_text())["eval_before"] == {}
+    )  # only the first evaluates before
 
     md = (docs / "RESULTS.md").read_text()
     for method in ("base", "long-po", "solopo", "logo"):
@@ -81,5 +84,8 @@ def test_reproduce_ci_preset(tmp_path):
     assert data["summaries"]["long-po"]["workload"] == "long-po"
     assert data["summaries"]["logo"]["examples"] >= 1
     assert [c["claim"] for c in data["claims"]][:3] == [
-        "SoLo-ORPO > Long-ORPO on long contexts", "Long-ORPO >= base on long contexts", "LOGO > base on long contexts"]
+        "SoLo-ORPO > Long-ORPO on long contexts",
+        "Long-ORPO >= base on long contexts",
+        "LOGO > base on long contexts",
+    ]
     assert all(c["diff"] is not None for c in data["claims"])

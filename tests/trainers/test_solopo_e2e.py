@@ -6,6 +6,7 @@ some don't — enough contrast to exercise sampling -> labels -> pairs -> traini
 never emits EOS either, so a common stop string (" 2") ends samples: a chosen answer must have
 ended on its own.
 """
+
 import dataclasses
 import json
 
@@ -32,22 +33,42 @@ def scalars(logdir):
 def qa_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("qa")
     train = [dataclasses.replace(r, answers=["er"]) for r in make_synthetic_records(16, seed=0, num_distractors=6)]
-    evals = [dataclasses.replace(r, answers=["er"]) for r in make_synthetic_records(4, seed=1, num_distractors=6, entity_pool="test")]
+    evals = [
+        dataclasses.replace(r, answers=["er"])
+        for r in make_synthetic_records(4, seed=1, num_distractors=6, entity_pool="test")
+    ]
     write_records(train, d / "train.jsonl")
     write_records(evals, d / "eval.jsonl")
     return d
 
 
 def tiny_cfg(model_dir, qa_files, out, *overrides):
-    return load_config(None, [
-        f"model.name_or_path={model_dir}", f"data.train_path={qa_files}/train.jsonl", f"data.eval_path={qa_files}/eval.jsonl",
-        "data.short_context_tokens=200", "data.long_context_tokens=600", "rollout.max_new_tokens=16",
-        "rollout.temperature=1.0", "rollout.max_model_len=1024", 'rollout.stop=[" 2"]', "learner.learning_rate=0.001",
-        "learner.train_batch_size=2", "solopo.prompts_per_iteration=8", "solopo.num_eval_prompts=4",
-        "solopo.eval_max_new_tokens=8", "logging.progress_bar=false", f"trainer.output_dir={out}",
-        f"ckpt.path={out}/ckpt", f"logging.logdir={out}/tb", "algo.loss_type=simpo", "algo.solo_ra.alpha=1.0",
-        *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            f"data.train_path={qa_files}/train.jsonl",
+            f"data.eval_path={qa_files}/eval.jsonl",
+            "data.short_context_tokens=200",
+            "data.long_context_tokens=600",
+            "rollout.max_new_tokens=16",
+            "rollout.temperature=1.0",
+            "rollout.max_model_len=1024",
+            'rollout.stop=[" 2"]',
+            "learner.learning_rate=0.001",
+            "learner.train_batch_size=2",
+            "solopo.prompts_per_iteration=8",
+            "solopo.num_eval_prompts=4",
+            "solopo.eval_max_new_tokens=8",
+            "logging.progress_bar=false",
+            f"trainer.output_dir={out}",
+            f"ckpt.path={out}/ckpt",
+            f"logging.logdir={out}/tb",
+            "algo.loss_type=simpo",
+            "algo.solo_ra.alpha=1.0",
+            *overrides,
+        ],
+    )
 
 
 def test_two_online_iterations_sync_and_resume(ray_local, tiny_model_dir, qa_files, tmp_path):
@@ -62,8 +83,17 @@ def test_two_online_iterations_sync_and_resume(ray_local, tiny_model_dir, qa_fil
     base = load_file(tiny_model_dir / "model.safetensors")
     assert any((final[k] - base[k]).abs().max() > 0 for k in base)
     tb = scalars(out / "tb")
-    for tag in ("train/loss", "train/po_loss", "train/solo_ra", "train/rewards/short_long_gap", "train/pair_yield",
-                "train/rollout_tokens_per_sec", "train/tokens_per_sec", "eval/sub_em_long", "eval/sub_em_short"):
+    for tag in (
+        "train/loss",
+        "train/po_loss",
+        "train/solo_ra",
+        "train/rewards/short_long_gap",
+        "train/pair_yield",
+        "train/rollout_tokens_per_sec",
+        "train/tokens_per_sec",
+        "eval/sub_em_long",
+        "eval/sub_em_short",
+    ):
         assert tag in tb, tag
     assert len(tb["train/loss"]) == 2 and tb["train/solo_ra"][0] > 0
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
@@ -77,12 +107,29 @@ def test_two_online_iterations_sync_and_resume(ray_local, tiny_model_dir, qa_fil
 
 def test_offline_long_po_dpo(ray_local, tiny_model_dir, qa_files, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    rows = [{"prompt": f"Doc: X{i} is Y{i}. Q: X{i}?", "long_prompt": "Filler. " * 30 + f"Doc: X{i} is Y{i}. Q: X{i}?",
-             "chosen": f"Y{i}", "rejected": f"Z{i}"} for i in range(4)]
+    rows = [
+        {
+            "prompt": f"Doc: X{i} is Y{i}. Q: X{i}?",
+            "long_prompt": "Filler. " * 30 + f"Doc: X{i} is Y{i}. Q: X{i}?",
+            "chosen": f"Y{i}",
+            "rejected": f"Z{i}",
+        }
+        for i in range(4)
+    ]
     pairs.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "offline"
-    cfg = tiny_cfg(tiny_model_dir, qa_files, out, "solopo.mode=offline", f"solopo.pairs_path={pairs}", "solopo.long_po=true",
-                   "algo.loss_type=dpo", "algo.beta=0.1", "algo.solo_ra.alpha=0", "trainer.max_steps=2")
+    cfg = tiny_cfg(
+        tiny_model_dir,
+        qa_files,
+        out,
+        "solopo.mode=offline",
+        f"solopo.pairs_path={pairs}",
+        "solopo.long_po=true",
+        "algo.loss_type=dpo",
+        "algo.beta=0.1",
+        "algo.solo_ra.alpha=0",
+        "trainer.max_steps=2",
+    )
     summary = SoLoPOTrainer(cfg).run()
     assert summary["workload"] == "long-po" and summary["steps"] == 2
     tb = scalars(out / "tb")
