@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from lcray.learner import collectives
+from lcray.learner.rng_state import load_rng_state, save_rng_state
 from lcray.utils.fs import atomic_dir
 
 
@@ -44,8 +43,8 @@ def write_hf_folder(
 # ---------------------------------------------------------------------- resumable checkpoints
 # Layout under ckpt.path:
 #   step-00000004/ ds/ (DeepSpeed: model, optimizer, scheduler partitions), hf/ (HF folder),
-#                  rng_rank{r}.pt, trainer_state.json (step + the driver's client state,
-#                  e.g. the data cursor)
+#                  rng_rank{r}.safetensors + rng_rank{r}.json (learner/rng_state.py: no pickle),
+#                  trainer_state.json (step + the driver's client state, e.g. the data cursor)
 #   latest         name of the newest COMPLETE checkpoint (written last, atomically)
 # All ranks write into .tmp-step-N; rank 0 renames it once every rank is done, so a crash
 # mid-save leaves only a temp folder that the next save replaces. Multi-node runs need
@@ -55,16 +54,6 @@ LATEST = "latest"
 
 def _barrier() -> None:
     collectives.barrier(collectives.learner_device())
-
-
-def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
 
 
 def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
@@ -89,7 +78,7 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     _barrier()
     learner.engine.save_checkpoint(str(tmp), tag="ds", client_state={}, save_latest=False)
-    torch.save(_rng_state(), tmp / f"rng_rank{learner.rank}.pt")
+    save_rng_state(tmp, learner.rank)
     learner.save_hf_model(str(tmp / "hf"))
     _barrier()
     if learner.rank != 0:
@@ -114,9 +103,7 @@ def load_checkpoint(learner: Any, root: str | os.PathLike[str]) -> dict | None:
     if path is None:
         return None
     learner.engine.load_checkpoint(str(path), tag="ds", load_optimizer_states=True, load_lr_scheduler_states=True)
-    rng = path / f"rng_rank{learner.rank}.pt"
-    if rng.is_file():  # absent when resuming with more ranks than were saved
-        _set_rng_state(torch.load(rng, weights_only=False))
+    load_rng_state(path, learner.rank)  # no state for ranks beyond those that were saved
     state = json.loads((path / "trainer_state.json").read_text())
     learner.global_step = state["global_step"]
     return state["client_state"]
