@@ -12,6 +12,7 @@ import ray
 
 from lcray.config import LcrayConfig, config_from_dict, to_dict
 from lcray.data.schema import PreferenceExample
+from lcray.utils.batching import balanced_shards
 
 
 class LearnerWorker:
@@ -114,12 +115,19 @@ class LearnerGroup:
         return ray.get([getattr(a, method).remote(*args) for a in self.actors])
 
     def train_step(self, examples: Sequence[PreferenceExample]) -> dict[str, float]:
-        """One optimizer step on the global batch; rank r gets the r-th contiguous shard."""
+        """One optimizer step on the global batch, split over the ranks by token count.
+
+        Equal example counts per rank (DeepSpeed needs them), near-equal tokens: a contiguous
+        split would hand one rank all the long contexts and the others would wait for it.
+        """
         if len(examples) % self.world_size:
             raise ValueError(f"global batch of {len(examples)} examples does not split over {self.world_size} learners")
-        shard = len(examples) // self.world_size
-        refs = [a.train_step.remote(list(examples[r * shard : (r + 1) * shard])) for r, a in enumerate(self.actors)]
-        return ray.get(refs)[0]  # metrics are already averaged over ranks
+        costs = [e.short_tokens() + e.long_tokens() for e in examples]
+        shards = balanced_shards(costs, self.world_size)
+        refs = [a.train_step.remote([examples[i] for i in shard]) for shard, a in zip(shards, self.actors)]
+        metrics = ray.get(refs)[0]  # metrics are already averaged over ranks
+        loads = [sum(costs[i] for i in shard) for shard in shards]
+        return {**metrics, "shard_tokens_max": float(max(loads)), "shard_tokens_min": float(min(loads))}
 
     def export_weights(self) -> ray.ObjectRef:
         return self._all("export_weights")[0][0]

@@ -59,6 +59,15 @@ class PreferenceExample:
     def num_negatives(self) -> int:
         return len(self.rejected_ids)
 
+    def short_tokens(self) -> int:
+        """Tokens of the policy's forward on the (short) prompt: the prompt goes in once per
+        response, since [prompt + chosen] and each [prompt + rejected] are separate sequences."""
+        return sum(len(self.prompt_ids) + len(r) for r in (self.chosen_ids, *self.rejected_ids))
+
+    def long_tokens(self) -> int:
+        """Tokens of SoLo-RA's forward of the chosen answer on the long prompt (0 without one)."""
+        return len(self.long_prompt_ids) + len(self.chosen_ids) if self.long_prompt_ids is not None else 0
+
     def sequence(self, response: list[int], *, long: bool = False) -> dict:
         """prompt + response as one sequence for models.build_batch."""
         prompt = self.long_prompt_ids if long else self.prompt_ids

@@ -133,13 +133,8 @@ class PolicyLearner:
             chosen_long=chosen_long,
             ref_chosen_long=ref[2],
         )
-        tokens = sum(len(e.prompt_ids) + len(e.chosen_ids) + sum(len(r) for r in e.rejected_ids) for e in examples)
-        tokens += self._long_tokens(examples) if with_long else 0
+        tokens = sum(e.short_tokens() + (e.long_tokens() if with_long else 0) for e in examples)
         return loss, metrics, tokens
-
-    @staticmethod
-    def _long_tokens(examples: list[PreferenceExample]) -> int:
-        return sum(len(e.long_prompt_ids) + len(e.chosen_ids) for e in examples)
 
     def _long_pass(
         self, examples: list[PreferenceExample]
@@ -171,7 +166,7 @@ class PolicyLearner:
             ref_chosen_long=ref_long,
         )
         detached = SeqLogps(chosen_long.logp.detach(), chosen_long.n_tokens)
-        tokens = self._long_tokens(examples) + sum(len(e.prompt_ids) + len(e.chosen_ids) for e in examples)
+        tokens = sum(e.long_tokens() + len(e.prompt_ids) + len(e.chosen_ids) for e in examples)
         return loss, (detached, ref_long), tokens
 
     def _backward_passes(

@@ -101,3 +101,24 @@ def test_resume_reproduces_next_losses(ray_local, tiny_model_dir, tmp_path, make
         assert run(resumed, batches[2:]) == pytest.approx(uninterrupted, rel=1e-6, abs=1e-7)
     finally:
         resumed.shutdown()
+
+
+def test_token_balanced_shards_keep_the_loss(ray_local, tiny_model_dir, tmp_path, make_examples):
+    """Long contexts of very different lengths: two ranks get near-equal tokens (a contiguous split
+    would put both long ones on rank 0) and the step's loss equals one rank's on the same batch."""
+    import dataclasses
+
+    batch = make_examples(4)
+    batch = [dataclasses.replace(e, long_prompt_ids=e.long_prompt_ids * reps) for e, reps in zip(batch, (6, 5, 1, 1))]
+    losses, spreads = {}, {}
+    for k in (1, 2):
+        group = LearnerGroup(config(tiny_model_dir, tmp_path, f"learner.num_learners={k}", "algo.solo_ra.alpha=1.0"))
+        try:
+            m = group.train_step(batch)
+            losses[k], spreads[k] = m["loss"], m["shard_tokens_max"] - m["shard_tokens_min"]
+        finally:
+            group.shutdown()
+    costs = [e.short_tokens() + e.long_tokens() for e in batch]
+    contiguous_spread = abs(sum(costs[:2]) - sum(costs[2:]))
+    assert spreads[2] < contiguous_spread / 3
+    assert losses[2] == pytest.approx(losses[1], rel=1e-4)
