@@ -100,8 +100,9 @@ CI_OVERRIDES = [
     "logo_data.max_new_tokens=16",
     "logo_data.shard_size=8",
     "solopo.prompts_per_iteration=8",
-    "solopo.num_eval_prompts=4",
-    "solopo.eval_max_new_tokens=8",
+    "eval.num_prompts=4",
+    "eval.long_context_tokens=600",
+    "eval.max_new_tokens=8",
     "trainer.max_steps=2",
     "logging.progress_bar=false",
 ]
@@ -175,10 +176,10 @@ def estimate_minutes(cfg: LcrayConfig, methods: Sequence[str], speed: str = "mid
     """Planned wall time per phase (minutes) of the full preset on the 2-core dev machine
     (speed: "mid" = the middle of the measured step times, "slow" = their slow end)."""
     rollout_s, learner_s = STEP_SPLIT_S[speed]
-    d, s = cfg.data, cfg.solopo
+    d = cfg.data
     steps, batch = cfg.trainer.max_steps, cfg.learner.train_batch_size
     trained = [m for m in TRAINED if m in methods]
-    eval_min = EVAL_MIN_PER_Q_TOKEN * s.num_eval_prompts * (d.short_context_tokens + d.long_context_tokens)
+    eval_min = EVAL_MIN_PER_Q_TOKEN * cfg.eval.num_prompts * (d.short_context_tokens + d.long_context_tokens)
     logo_tokens = (1 + cfg.algo.logo.num_negatives) * cfg.logo_data.context_chunks * d.chunk_tokens
     tokens = {
         "long-po": 2 * d.long_context_tokens,
@@ -219,7 +220,7 @@ def settings_items(cfg: LcrayConfig, args: argparse.Namespace, prompt_tokens: di
             "synthetic multi-document QA" + ("" if not d.train_path else f" (files {d.train_path}, {d.eval_path})")
         )
         + f", {d.synthetic_hops}-hop; train: {n_train} "
-        f"questions (seed {seeds[0]}, 'train' entity pool); held-out: {cfg.solopo.num_eval_prompts} "
+        f"questions (seed {seeds[0]}, 'train' entity pool); held-out: {cfg.eval.num_prompts} "
         f"questions (seed {seeds[1]}, disjoint 'test' entity pool)"
         + ('; gold answer replaced by "er" (random tiny model)' if args.preset == "ci" else ""),
         "Context lengths": f"short = the supporting document(s): {prompt_tokens['short']:.0f} prompt tokens on average "
@@ -238,7 +239,7 @@ def settings_items(cfg: LcrayConfig, args: argparse.Namespace, prompt_tokens: di
         f"{cfg.logo_data.num_relevant} relevant / {cfg.logo_data.num_partial} partial, "
         f"{cfg.logo_data.context_chunks}-chunk training context over a {d.target_len}-position window, "
         f"{cfg.scorer.importance} chunk importance",
-        "Eval": f"greedy, <= {cfg.solopo.eval_max_new_tokens} new tokens, sub-EM on the extracted answer; "
+        "Eval": f"greedy, <= {cfg.eval.max_new_tokens} new tokens, sub-EM on the extracted answer; "
         f"base = the untrained model (eval_before of the first run)",
         "Statistics": f"percentile bootstrap over questions, {NUM_RESAMPLES} resamples, {int(CONFIDENCE * 100)}%, "
         f"seed {BOOT_SEED}; differences are paired (same questions resampled for both methods)",
@@ -304,7 +305,7 @@ def print_plan(cfg: LcrayConfig, args: argparse.Namespace) -> None:
         f"model {cfg.model.name_or_path}, LoRA r={cfg.model.lora.r}, lr {cfg.learner.learning_rate:g}, "
         f"{cfg.trainer.max_steps} steps x batch {cfg.learner.train_batch_size} per method; contexts "
         f"~{cfg.data.short_context_tokens} (cap) / ~{cfg.data.long_context_tokens} tokens; "
-        f"{cfg.solopo.num_eval_prompts} held-out questions; trainer runs: {', '.join(runs)}"
+        f"{cfg.eval.num_prompts} held-out questions; trainer runs: {', '.join(runs)}"
     )
     if args.preset == "full":
         plan = estimate_minutes(cfg, args.methods)
@@ -314,7 +315,7 @@ def print_plan(cfg: LcrayConfig, args: argparse.Namespace) -> None:
         slow = estimate_minutes(cfg, args.methods, "slow")["total"]
         print(f"  (slow end of the measured step times: {slow:.1f} min)")
         if slow > 45:
-            print("  WARNING: may exceed a 45-minute budget; lower trainer.max_steps or solopo.num_eval_prompts")
+            print("  WARNING: may exceed a 45-minute budget; lower trainer.max_steps or eval.num_prompts")
     else:
         print(f"planned budget: ~{0.7 * len(runs):.1f} min on the tiny model")
     print(f"outputs: {Path(args.out).resolve()}  docs: {Path(args.docs).resolve()}\n", flush=True)

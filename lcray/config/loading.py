@@ -86,8 +86,18 @@ def _did_you_mean(word: Any, choices: Sequence[Any], prefix: str = "") -> str:
     return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
+# Keys that moved to another section: their old name gets the new one in the error.
+MOVED_KEYS = {
+    "solopo.num_eval_prompts": "eval.num_prompts",
+    "solopo.eval_max_new_tokens": "eval.max_new_tokens",
+}
+
+
 def _unknown_key(cls: type, name: Any, prefix: str) -> ConfigError:
     dot = f"{prefix}." if prefix else ""
+    moved = MOVED_KEYS.get(f"{dot}{name}")
+    if moved:
+        return ConfigError(f"'{dot}{name}' moved to '{moved}'", key=f"{dot}{name}")
     hint = _did_you_mean(name, [f.name for f in dataclasses.fields(cls)], dot)
     return ConfigError(f"unknown key '{dot}{name}'{hint}", key=f"{dot}{name}")
 

@@ -212,8 +212,15 @@ class SoLoPOConfig:
     max_pairs_per_prompt: int = 1  # (chosen, rejected) pairs kept per prompt
     pairs_path: str | None = None  # offline mode: JSONL/Parquet with prompt, long_prompt, chosen, rejected
     long_prompt_key: str = "long_prompt"  # offline mode: column of the long-context prompt
-    num_eval_prompts: int = 16  # held-out questions evaluated (short and long context)
-    eval_max_new_tokens: int = 48  # greedy tokens per eval answer
+
+
+@dataclass
+class EvalConfig:
+    num_prompts: int = 16  # held-out questions evaluated, each with its short and its long context
+    max_new_tokens: int = 48  # greedy tokens per eval answer
+    # Tokens of the long eval context; None = the workload's own: data.long_context_tokens for
+    # SoLoPO, the training window data.target_len (less max_new_tokens) for LOGO.
+    long_context_tokens: int | None = None
 
 
 @dataclass
@@ -232,3 +239,4 @@ class LcrayConfig:
     )  # where each role's actors run (Ray placement groups)
     logo_data: LogoDataConfig = field(default_factory=LogoDataConfig)  # LOGO offline preference-data builder
     solopo: SoLoPOConfig = field(default_factory=SoLoPOConfig)  # SoLoPO online/offline loop
+    eval: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation during and after training

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lcray.config import LcrayConfig, save_config
+from lcray.config import ConfigError, LcrayConfig, save_config
 from lcray.data.qa_prompts import QAPrompt, build_prompts, load_qa_records
 from lcray.data.schema import PreferenceExample
 from lcray.eval.qa import evaluate_answers
@@ -27,6 +27,10 @@ from lcray.utils.fs import atomic_write_text
 class PreferenceTrainer:
     name = "train"
     needs_scorers = False  # start ScorerActors (online rollout labels, LOGO importance)
+    # Online workloads sample with the policy every step, so the engines follow the learner every
+    # rollout.sync_every steps; offline ones only need fresh engines before an eval (a sync of a
+    # large model costs a full gather, for nothing between evals).
+    samples_online = False
 
     def __init__(self, cfg: LcrayConfig) -> None:
         self.cfg = cfg
@@ -35,17 +39,42 @@ class PreferenceTrainer:
         self.examples: list[PreferenceExample] = []  # the fixed data set, when there is one
         self.cursor = 0  # items consumed so far, across epochs (resumable)
         self.counters: dict[str, int] = {}
-        self.eval_prompts = self.qa_prompts(load_qa_records(cfg.data, "eval")[: cfg.solopo.num_eval_prompts])
+        self.synced_step: int | None = 0  # learner step the engines' weights come from (None: stale)
+        self._check_eval_fits()
+        eval_records = load_qa_records(cfg.data, "eval")[: cfg.eval.num_prompts]
+        self.eval_prompts = self.qa_prompts(eval_records, long_tokens=self.eval_long_tokens())
 
-    def qa_prompts(self, records: list) -> list[QAPrompt]:
+    def qa_prompts(self, records: list, *, long_tokens: int | None = None) -> list[QAPrompt]:
         d = self.cfg.data
         return build_prompts(
             records,
             self.tokenizer,
-            long_tokens=d.long_context_tokens,
+            long_tokens=long_tokens or d.long_context_tokens,
             max_short_tokens=d.short_context_tokens,
             seed=d.seed,
         )
+
+    def eval_long_tokens(self) -> int:
+        """Tokens of the long eval context (eval.long_context_tokens, else the workload's own)."""
+        return self.cfg.eval.long_context_tokens or self.cfg.data.long_context_tokens
+
+    def _check_eval_fits(self) -> None:
+        """Before any actor starts: the long eval prompt plus its answer must fit the engines."""
+        cfg = self.cfg
+        need = self.eval_long_tokens() + cfg.eval.max_new_tokens
+        if cfg.eval.num_prompts and cfg.rollout.max_model_len < need:
+            raise ConfigError(
+                f"rollout.max_model_len: must be >= {need} for the {self.name} eval (long context "
+                f"{self.eval_long_tokens()} + eval.max_new_tokens {cfg.eval.max_new_tokens}), got "
+                f"{cfg.rollout.max_model_len}; raise it, or set eval.long_context_tokens / eval.num_prompts=0",
+                key="rollout.max_model_len",
+            )
+
+    def ensure_engines_current(self, rt: Runtime, step: int) -> None:
+        """Sync the learner's weights to the engines unless they already hold this step's."""
+        if self.synced_step != step:
+            rt.sync_weights()
+            self.synced_step = step
 
     # ------------------------------------------------------------------ hooks
     def setup(self, rt: Runtime) -> None:
@@ -80,7 +109,7 @@ class PreferenceTrainer:
         out: dict[str, float] = {}
         for ctx in ("short", "long"):
             ids = [p.short_ids if ctx == "short" else p.long_ids for p in self.eval_prompts]
-            res = evaluate_answers(rt.rollout, ids, golds, max_new_tokens=self.cfg.solopo.eval_max_new_tokens)
+            res = evaluate_answers(rt.rollout, ids, golds, max_new_tokens=self.cfg.eval.max_new_tokens)
             out[f"sub_em_{ctx}"], out[f"f1_{ctx}"] = res["sub_em"], res["f1"]
             self.last_predictions = {**getattr(self, "last_predictions", {}), ctx: res["predictions"]}
             self.last_scores = {**getattr(self, "last_scores", {}), ctx: res["sub_em_per_example"]}
@@ -100,7 +129,9 @@ class PreferenceTrainer:
             if resumed is not None:
                 self.restore(resumed["trainer"])
                 step = resumed["step"]
-                rt.sync_weights()  # the engines start from the base model
+                self.synced_step = None  # the engines start from the base model
+                if self.samples_online:
+                    self.ensure_engines_current(rt, step)
             log = RunLogger(
                 cfg.logging.logdir,
                 total_steps=max_steps,
@@ -123,17 +154,19 @@ class PreferenceTrainer:
                 metrics = rt.learners.train_step(batch)
                 peak_rss = max(peak_rss, metrics.get("peak_rss_mb", 0.0))
                 step += 1
-                if step % cfg.rollout.sync_every == 0 or step == max_steps:
-                    rt.sync_weights()
+                if self.samples_online and (step % cfg.rollout.sync_every == 0 or step == max_steps):
+                    self.ensure_engines_current(rt, step)
                 if step % cfg.logging.log_every == 0:
                     log.log(step, {**metrics, **stats})
                 log.advance(1, loss=metrics["loss"])
                 if cfg.trainer.eval_steps and step % cfg.trainer.eval_steps == 0 and step < max_steps:
+                    self.ensure_engines_current(rt, step)
                     log.log(step, self.evaluate(rt), prefix="eval")
                 if cfg.ckpt.save_steps and step % cfg.ckpt.save_steps == 0 and step < max_steps:
                     rt.learners.save_checkpoint(cfg.ckpt.path, self._client_state(step, before))
             self.finish(rt)
             train_seconds = time.perf_counter() - train_start  # rollout + training, no eval
+            self.ensure_engines_current(rt, step)  # the final eval (and the engines left behind)
             after = self.evaluate(rt)
             log.log(step, after, prefix="eval")
             rt.learners.save_checkpoint(cfg.ckpt.path, self._client_state(step, before))

@@ -18,6 +18,11 @@ class LOGOTrainer(PreferenceTrainer):
     name = "logo"
     needs_scorers = True  # chunk importance while building the data
 
+    def eval_long_tokens(self) -> int:
+        """LOGO trains for a data.target_len window, so its long eval fills that window (less the
+        answer), not SoLoPO's data.long_context_tokens."""
+        return self.cfg.eval.long_context_tokens or self.cfg.data.target_len - self.cfg.eval.max_new_tokens
+
     def setup(self, rt: Runtime) -> None:
         """Build the data set with the policy's own (initial) weights; finished shards of an
         earlier run are reused, so a restarted job does not regenerate them."""

@@ -30,7 +30,7 @@ class SoLoPOTrainer(PreferenceTrainer):
     def __init__(self, cfg: LcrayConfig) -> None:
         super().__init__(cfg)
         s = cfg.solopo
-        self.online = s.mode == "online"
+        self.online = self.samples_online = s.mode == "online"
         self.needs_scorers = self.online
         if cfg.solopo.long_po:
             self.name = "long-po"

@@ -3,16 +3,16 @@ scorers) -> a few LOGO steps on synthesized position ids; the loss falls."""
 
 import pytest
 
-from lcray.config import load_config
+from lcray.config import ConfigError, load_config
 from lcray.data.logo_builder import read_manifest
+from lcray.runtime import Runtime
 from lcray.trainers.logo import LOGOTrainer
 
 pytestmark = pytest.mark.slow
 
 
-def test_logo_builds_data_and_trains(ray_local, tiny_model_dir, tmp_path):
-    out = tmp_path / "logo"
-    cfg = load_config(
+def logo_cfg(tiny_model_dir, out, *overrides):
+    return load_config(
         None,
         [
             f"model.name_or_path={tiny_model_dir}",
@@ -28,7 +28,7 @@ def test_logo_builds_data_and_trains(ray_local, tiny_model_dir, tmp_path):
             "logo_data.max_new_tokens=16",
             "logo_data.shard_size=3",
             f"logo_data.output_dir={out}/data",
-            "rollout.max_model_len=2048",
+            "rollout.max_model_len=16384",
             "learner.learning_rate=0.001",
             "learner.lr_scheduler_type=constant",
             "learner.train_batch_size=2",
@@ -36,17 +36,35 @@ def test_logo_builds_data_and_trains(ray_local, tiny_model_dir, tmp_path):
             "algo.beta=2.5",
             "algo.simpo_gamma=0.25",
             "algo.nll_coef=0.1",
-            "solopo.num_eval_prompts=2",
-            "solopo.eval_max_new_tokens=4",
+            "eval.num_prompts=2",
+            "eval.max_new_tokens=4",
             "trainer.max_steps=4",
             "logging.progress_bar=false",
             f"trainer.output_dir={out}",
             f"ckpt.path={out}/ckpt",
             f"logging.logdir={out}/tb",
+            *overrides,
         ],
     )
-    trainer = LOGOTrainer(cfg)
+
+
+def test_logo_eval_needs_engines_that_fit_the_training_window(tiny_model_dir, tmp_path):
+    """LOGO evaluates on its 16K training window: an engine window of 2K is refused before Ray starts."""
+    with pytest.raises(ConfigError, match=r"rollout.max_model_len: must be >= 16384 for the logo eval"):
+        LOGOTrainer(logo_cfg(tiny_model_dir, tmp_path, "rollout.max_model_len=2048"))
+    ok = LOGOTrainer(logo_cfg(tiny_model_dir, tmp_path, "rollout.max_model_len=2048", "eval.long_context_tokens=1000"))
+    assert ok.eval_long_tokens() == 1000
+
+
+def test_logo_builds_data_and_trains(ray_local, tiny_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "logo"
+    syncs = []
+    real_sync = Runtime.sync_weights
+    monkeypatch.setattr(Runtime, "sync_weights", lambda rt: syncs.append(1) or real_sync(rt))
+    trainer = LOGOTrainer(logo_cfg(tiny_model_dir, out))
+    assert trainer.eval_long_tokens() == 16384 - 4  # the training window, less the answer
     summary = trainer.run()
+    assert len(syncs) == 1  # offline: the engines are refreshed only for the final eval, not every step
     manifest = read_manifest(out / "data")
     assert manifest is not None and manifest.complete and manifest.num_shards == 2
     assert summary["examples"] >= 2 and summary["steps"] == 4
