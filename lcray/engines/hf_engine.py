@@ -16,10 +16,13 @@ from lcray.models import load_causal_lm, load_tokenizer
 
 
 class HFEngine:
-    def __init__(self, model_path: str, *, dtype: str = "float32", seed: int = 0) -> None:
+    def __init__(
+        self, model_path: str, *, dtype: str = "float32", seed: int = 0, hf_overrides: dict | None = None
+    ) -> None:
         self.model_path = str(model_path)
         self.tokenizer = load_tokenizer(self.model_path)
-        self.model = load_causal_lm(self.model_path, dtype=dtype).eval()
+        # hf_overrides: the learner's RoPE stretch (models.config_overrides), as vLLM takes it.
+        self.model = load_causal_lm(self.model_path, dtype=dtype, overrides=hf_overrides).eval()
         self.seed = seed
         self.weight_version = 0
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from lcray.config import LcrayConfig, LearnerConfig
-from lcray.models import load_causal_lm
+from lcray.models import config_overrides, load_causal_lm
 
 # With LoRA the DPO reference is the policy network itself with its adapters disabled.
 ADAPTERS_OFF = "adapters-off"
@@ -32,6 +32,12 @@ class ZeroInitScope:
             self.hf_ds_config = HfDeepSpeedConfig(ds_config)
 
 
+def model_overrides(cfg: LcrayConfig, model_path: str) -> dict[str, Any]:
+    """model.rope_theta / model.max_position_embeddings as HF config fields (see config_overrides)."""
+    m = cfg.model
+    return config_overrides(model_path, rope_theta=m.rope_theta, max_position_embeddings=m.max_position_embeddings)
+
+
 def load_base_model(cfg: LcrayConfig, model_path: str) -> torch.nn.Module:
     """The HF model with the config's dtype, attention kernel and RoPE overrides."""
     m = cfg.model
@@ -39,8 +45,7 @@ def load_base_model(cfg: LcrayConfig, model_path: str) -> torch.nn.Module:
         model_path,
         dtype=m.dtype,
         attn_implementation=m.attn_implementation,
-        rope_theta=m.rope_theta,
-        max_position_embeddings=m.max_position_embeddings,
+        overrides=model_overrides(cfg, model_path),
     )
 
 

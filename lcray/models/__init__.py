@@ -2,7 +2,7 @@
 response log-probs with explicit position ids and packing."""
 
 from lcray.models.cache import cache_dir
-from lcray.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from lcray.models.loading import config_overrides, load_causal_lm, load_tokenizer, resolve_model_path
 from lcray.models.logprobs import PackedBatch, build_batch, sequence_logprobs
 from lcray.models.smollm2 import prepare_smollm2
 from lcray.models.tiny import build_tiny_model
@@ -12,6 +12,7 @@ __all__ = [
     "build_batch",
     "build_tiny_model",
     "cache_dir",
+    "config_overrides",
     "load_causal_lm",
     "load_tokenizer",
     "prepare_smollm2",

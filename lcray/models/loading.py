@@ -45,19 +45,38 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
     return tok
 
 
+def config_overrides(
+    path: str | os.PathLike[str], *, rope_theta: float | None = None, max_position_embeddings: int | None = None
+) -> dict[str, Any]:
+    """The HF config fields that differ from the saved model's (empty when nothing is stretched).
+
+    LOGO stretches RoPE (a larger base, a longer window) so synthesized position ids up to the
+    target window stay meaningful. The learner trains with these; the engines (vLLM's
+    `hf_overrides`), every checkpoint and final_model/config.json must carry the SAME values, or
+    they score and generate with another model than the one trained.
+    """
+    out: dict[str, Any] = {}
+    if rope_theta is not None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(resolve_model_path(path), local_files_only=True)
+        # transformers 5 keeps RoPE settings in config.rope_parameters (rope_theta inside it).
+        params = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default"})
+        params["rope_theta"] = float(rope_theta)
+        out["rope_parameters"] = params
+    if max_position_embeddings is not None:
+        out["max_position_embeddings"] = int(max_position_embeddings)
+    return out
+
+
 def load_causal_lm(
     path: str | os.PathLike[str],
     *,
     dtype: str = "float32",
     attn_implementation: str = "sdpa",
-    rope_theta: float | None = None,
-    max_position_embeddings: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """Load a causal LM from a local folder; optionally stretch its RoPE base / window.
-
-    rope_theta / max_position_embeddings override the saved config (LOGO trains a model with a
-    larger base so that synthesized position ids up to the target window stay in range).
-    """
+    """Load a causal LM from a local folder, with `config_overrides(...)` applied to its config."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -65,13 +84,7 @@ def load_causal_lm(
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
     folder = resolve_model_path(path)
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    if rope_theta is not None:
-        # transformers 5 keeps RoPE settings in config.rope_parameters (rope_theta inside it).
-        params = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default"})
-        params["rope_theta"] = float(rope_theta)
-        config.rope_parameters = params
-    if max_position_embeddings is not None:
-        config.max_position_embeddings = int(max_position_embeddings)
+    config.update(dict(overrides or {}))
     return AutoModelForCausalLM.from_pretrained(
         folder,
         config=config,

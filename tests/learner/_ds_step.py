@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--check-weight-source", action="store_true")
+    p.add_argument("--save-hf", default=None, help="also save the trained policy as an HF folder here")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     cfg = load_config(None, [f"model.name_or_path={args.model}", "learner.learning_rate=0.001", *args.overrides])
@@ -44,6 +45,8 @@ def main() -> None:
     batch = examples(learner.tokenizer, cfg.learner.train_batch_size)
     metrics = [learner.train_step(batch) for _ in range(args.steps)]
     exported = learner.export_state_dict()
+    if args.save_hf:
+        learner.save_hf_model(args.save_hf)
     source_ok = None
     # The exported weights are plain HF tensors (LoRA merged), named like the base model's.
     # Read the base weights from the file: under ZeRO-3 a model loaded now would be partitioned.

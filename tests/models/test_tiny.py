@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lcray.models import build_tiny_model, load_causal_lm, load_tokenizer
+from lcray.models import build_tiny_model, config_overrides, load_causal_lm, load_tokenizer
 from lcray.models.tiny import MARKER
 
 
@@ -58,7 +58,9 @@ def test_config_and_model(tiny_model_dir: Path) -> None:
 
 
 def test_rope_override(tiny_model_dir: Path) -> None:
-    model = load_causal_lm(tiny_model_dir, rope_theta=5e6, max_position_embeddings=131072)
+    model = load_causal_lm(
+        tiny_model_dir, overrides=config_overrides(tiny_model_dir, rope_theta=5e6, max_position_embeddings=131072)
+    )
     assert model.config.rope_parameters["rope_theta"] == 5e6
     assert model.config.max_position_embeddings == 131072
 
