@@ -7,16 +7,40 @@ and is renamed into place only once complete.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def exchange_paths(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Swap two existing paths in ONE atomic step (Linux renameat2 with RENAME_EXCHANGE), so
+    neither name is ever missing. False where the C library, kernel or file system cannot (the
+    caller then falls back to two renames)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(a))
+
 
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temp folder; on success it replaces `final`, on error it is removed."""
+    """Yield a temp folder; on success it replaces `final`, on error it is removed.
+
+    An existing `final` is swapped out atomically where the file system can (exchange_paths), so
+    it never goes missing; elsewhere it is renamed aside first, never deleted before the new
+    folder is in place."""
     final = Path(final).expanduser().resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
@@ -27,6 +51,8 @@ def atomic_dir(final: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
         if final.exists():
             if not overwrite:
                 raise FileExistsError(f"{final} already exists")
+            if exchange_paths(tmp, final):
+                return  # tmp now holds the old folder; removed below
             os.replace(final, old)
         os.replace(tmp, final)
     finally:
