@@ -19,7 +19,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,18 +31,9 @@ from lcray.utils.fs import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-Format = Literal["auto", "jsonl", "json", "parquet"]
-FORMATS = ("auto", "jsonl", "json", "parquet")
-_EXT_FORMAT = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
-
-
-class DataError(ValueError):
-    """A malformed input row. `path`, `row` (1-based) and `field` say where, when known."""
-
-    def __init__(self, msg: str, *, path: str | None = None, row: int | None = None, field: str | None = None) -> None:
-        where = ": ".join(p for p in (path, None if row is None else f"row {row}") if p)
-        super().__init__(f"{where}: {msg}" if where else msg)
-        self.path, self.row, self.field = path, row, field
+# Row reading (formats, per-row errors, skips) lives in readers.py; re-exported here because
+# records are what most callers read.
+from lcray.data.readers import DataError, Format, ReadResult, read_rows, resolve_format  # noqa: E402
 
 
 class _FieldError(Exception):
@@ -78,24 +69,6 @@ class QARecord:
     @property
     def supporting_documents(self) -> list[str]:
         return [self.documents[i] for i in self.supporting]
-
-
-class ReadResult(list):
-    """The records read (it IS the list of QARecord), plus what on_error="skip" dropped.
-
-    skipped: number of rows dropped; errors: their DataErrors, in file order.
-    """
-
-    def __init__(
-        self, records: Iterable[QARecord] = (), skipped: int = 0, errors: list[DataError] | None = None
-    ) -> None:
-        super().__init__(records)
-        self.skipped = skipped
-        self.errors: list[DataError] = list(errors or [])
-
-    @property
-    def records(self) -> list[QARecord]:
-        return list(self)
 
 
 def stable_seed(*parts: Any) -> int:
@@ -280,98 +253,6 @@ def _parse(row: Any, default_id: str) -> QARecord:
 
 
 # ----------------------------------------------------------------------------- reading
-def _resolve_format(path: Path, format: str) -> str:
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    if format != "auto":
-        return format
-    fmt = _EXT_FORMAT.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(
-            f"{path}: cannot tell the format from the extension {path.suffix!r}; "
-            f"pass format='jsonl', 'json' or 'parquet'"
-        )
-    return fmt
-
-
-def _json_rows(path: Path, where: str, fmt: str) -> Iterator[tuple[int, Any, str | None]]:
-    """(row number, parsed row or None, JSON error or None). JSONL rows are numbered by line
-    (blank lines are skipped but keep their number, so 'row 7' is line 7 in an editor)."""
-    text = path.read_text(encoding="utf-8")
-    if fmt == "json" and text.lstrip().startswith("["):  # a JSON array (HotpotQA's files)
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e}", path=where) from None
-        for i, row in enumerate(rows, 1):
-            yield i, row, None
-        return
-    for i, line in enumerate(text.splitlines(), 1):  # JSONL (also a .json holding JSONL)
-        if not line.strip():
-            continue
-        try:
-            yield i, json.loads(line), None
-        except json.JSONDecodeError as e:
-            yield i, None, f"invalid JSON: {e.msg} (column {e.colno})"
-
-
-def _parquet_rows(path: Path, where: str) -> Iterator[tuple[int, Any, str | None]]:
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"cannot read Parquet file: {e}", path=where) from None
-    n = 0
-    for batch in pf.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            n += 1
-            yield n, row, None
-
-
-def read_rows(
-    path: str | os.PathLike[str],
-    parse: Callable[[Any, str], Any],
-    *,
-    on_error: Literal["raise", "skip"] = "raise",
-    format: Format = "auto",
-) -> ReadResult:
-    """Read rows from JSONL, JSON (array) or Parquet and turn each into an item with
-    `parse(row, default_id)`, which raises DataError (with `field`) on a bad row.
-
-    Returns a ReadResult: the parsed items with `.skipped` and `.errors`. on_error="raise" stops
-    at the first bad row with a DataError naming the file, 1-based row and field; "skip" drops
-    bad rows and logs one warning per file with the count and first error.
-    """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    p = Path(path)
-    where = os.fspath(path)
-    fmt = _resolve_format(p, format)
-    rows = _parquet_rows(p, where) if fmt == "parquet" else _json_rows(p, where, fmt)
-    result = ReadResult()
-    for n, row, json_error in rows:
-        try:
-            if json_error is not None:
-                raise DataError(json_error, path=where, row=n)
-            try:
-                result.append(parse(row, f"{p.stem}-{n}"))
-            except DataError as e:
-                raise DataError(str(e), path=where, row=n, field=e.field) from None
-        except DataError as e:
-            if on_error == "raise":
-                raise
-            result.skipped += 1
-            result.errors.append(e)
-    if result.skipped:
-        log.warning(
-            "%s: skipped %d malformed row(s) of %d; first: %s",
-            where,
-            result.skipped,
-            result.skipped + len(result),
-            result.errors[0],
-        )
-    return result
-
-
 def read_records(
     path: str | os.PathLike[str], *, on_error: Literal["raise", "skip"] = "raise", format: Format = "auto"
 ) -> ReadResult:
@@ -404,7 +285,7 @@ def write_records(records: Sequence[QARecord], path: str | os.PathLike[str], *, 
     unless given; read_records reads the result back unchanged.
     """
     p = Path(path)
-    fmt = _resolve_format(p, format)
+    fmt = resolve_format(p, format)
     rows = [r.to_dict() for r in records]
     if fmt == "parquet":
         buf = io.BytesIO()
