@@ -44,13 +44,15 @@ class ModelConfig:
 class DataConfig:
     train_path: str | None = None  # JSONL/Parquet training pairs; None = synthetic data
     eval_path: str | None = None  # JSONL/Parquet eval set; None = synthetic data
-    format: Literal["auto", "jsonl", "parquet"] = "auto"  # file format; auto = from the extension
+    format: Literal["auto", "jsonl", "json", "parquet"] = "auto"  # file format; auto = from the extension
     prompt_key: str = "prompt"  # column holding the prompt (text or chat messages)
     chosen_key: str = "chosen"  # column holding the preferred response
     rejected_key: str = "rejected"  # column holding the dispreferred response
     on_error: Literal["raise", "skip"] = "raise"  # what to do with a malformed row
-    max_prompt_len: int = 2048  # prompt tokens kept (truncated from the left)
-    max_response_len: int = 256  # response tokens kept
+    # Offline pairs: a row whose PO prompt / chosen or rejected answer is longer raises, or is a
+    # counted skip under on_error=skip (never cut: a cut answer would lose its end). None = no limit.
+    max_prompt_len: int | None = None
+    max_response_len: int | None = None
     seed: int = 0  # seed for synthetic data and shuffling
     num_synthetic_train: int = 64  # synthetic training examples when train_path is None
     num_synthetic_eval: int = 16  # synthetic eval examples when eval_path is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 from lcray.config.sections import LcrayConfig
@@ -108,12 +110,36 @@ def _get(cfg: Any, key: str) -> Any:
     return cfg
 
 
+def _floats(cfg: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted key, value) of every float in the config tree, lists included."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out += _floats(value, key + ".")
+        elif isinstance(value, float):
+            out.append((key, value))
+        elif isinstance(value, (list, tuple)):
+            out += [(f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float)]
+    return out
+
+
 def validate(cfg: LcrayConfig) -> None:
     """Check value ranges and cross-field rules; raises ConfigError naming the dotted key.
 
     A function here, not a LcrayConfig method: this module imports the sections, so a method
     would make the two modules import each other. load_config calls it.
     """
+    for key, value in _floats(cfg):
+        if not math.isfinite(value):  # inf/NaN pass every range rule written as a comparison with NaN
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}", key=key)
+    rollout = cfg.rollout
+    if rollout.temperature == 0 and rollout.n_samples_per_prompt > 1:
+        raise ConfigError(
+            f"rollout.temperature: must be > 0 with rollout.n_samples_per_prompt={rollout.n_samples_per_prompt} "
+            "(greedy decoding gives the same answer every time, so no pair could ever be formed)",
+            key="rollout.temperature",
+        )
     for key, (ok, rule) in _CHECKS.items():
         value = _get(cfg, key)
         if value is not None and not ok(value):

@@ -9,6 +9,7 @@ pairs every iteration.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -16,12 +17,17 @@ from typing import Any
 
 from lcray.config import ConfigError, LcrayConfig, save_config
 from lcray.data.qa_prompts import QAPrompt, build_prompts, load_qa_records
+from lcray.data.records import DataError
 from lcray.data.schema import PreferenceExample
 from lcray.eval.qa import evaluate_answers
 from lcray.models import load_tokenizer, resolve_model_path
 from lcray.runtime import Runtime
 from lcray.trainers.run_logger import RunLogger
 from lcray.utils.fs import atomic_write_text
+
+# Tokens a rendered prompt adds to its documents (question + chat template), where a context
+# budget is derived from a window.
+PROMPT_RESERVE_TOKENS = 128
 
 
 class PreferenceTrainer:
@@ -35,34 +41,81 @@ class PreferenceTrainer:
     def __init__(self, cfg: LcrayConfig) -> None:
         self.cfg = cfg
         self.out_dir = Path(cfg.trainer.output_dir)
-        self.tokenizer = load_tokenizer(cfg.model.tokenizer_path or resolve_model_path(cfg.model.name_or_path))
+        model_path = resolve_model_path(cfg.model.name_or_path)
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer_path or model_path)
+        self.model_config = json.loads((model_path / "config.json").read_text())
         self.examples: list[PreferenceExample] = []  # the fixed data set, when there is one
         self.cursor = 0  # items consumed so far, across epochs (resumable)
         self.counters: dict[str, int] = {}
         self.synced_step: int | None = 0  # learner step the engines' weights come from (None: stale)
+        self._check_writable()
+        self._check_engine_window()
         self._check_eval_fits()
-        eval_records = load_qa_records(cfg.data, "eval")[: cfg.eval.num_prompts]
-        self.eval_prompts = self.qa_prompts(eval_records, long_tokens=self.eval_long_tokens())
+        self.eval_prompts: list[QAPrompt] = []
+        if cfg.eval.num_prompts:
+            eval_records = load_qa_records(cfg.data, "eval")[: cfg.eval.num_prompts]
+            self.eval_prompts = self.qa_prompts(eval_records, "eval", long_tokens=self.eval_long_tokens())
+            if not self.eval_prompts:  # never a silent "sub-EM 0.000" on nothing
+                raise DataError("no eval prompt is left after the length checks (set eval.num_prompts=0 for no eval)")
+        else:
+            print(f"{self.name}: eval.num_prompts=0: NO evaluation (before, during or after training)", flush=True)
 
-    def qa_prompts(self, records: list, *, long_tokens: int | None = None) -> list[QAPrompt]:
-        d = self.cfg.data
+    def qa_prompts(self, records: list, split: str, *, long_tokens: int | None = None) -> list[QAPrompt]:
+        """Prompts of `records`, each checked against the engines' window before any actor starts:
+        eval prompts, short and long, are generated from; training prompts only on the short side
+        (the long one is only scored by the learner)."""
+        d, cfg = self.cfg.data, self.cfg
+        answer = cfg.eval.max_new_tokens if split == "eval" else cfg.rollout.max_new_tokens
+        limit = cfg.rollout.max_model_len - answer if cfg.rollout.max_model_len else None
         return build_prompts(
             records,
             self.tokenizer,
             long_tokens=long_tokens or d.long_context_tokens,
             max_short_tokens=d.short_context_tokens,
             seed=d.seed,
+            max_prompt_tokens=limit,
+            max_long_prompt_tokens=limit if split == "eval" else None,
+            on_error=d.on_error,
+            where=(d.eval_path if split == "eval" else d.train_path) or f"synthetic {split} records",
         )
 
     def eval_long_tokens(self) -> int:
         """Tokens of the long eval context (eval.long_context_tokens, else the workload's own)."""
         return self.cfg.eval.long_context_tokens or self.cfg.data.long_context_tokens
 
+    def _check_writable(self) -> None:
+        """Every folder the run writes, checked now: a file at ckpt.path used to fail only after training."""
+        cfg = self.cfg
+        for key, folder in (
+            ("trainer.output_dir", cfg.trainer.output_dir),
+            ("ckpt.path", cfg.ckpt.path),
+            ("logging.logdir", cfg.logging.logdir),
+        ):
+            path = Path(folder)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                probe = path / f".lcray-write-probe-{os.getpid()}"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as e:
+                raise ConfigError(f"{key}: cannot write to {path} ({e.strerror or e})", key=key) from None
+
+    def _check_engine_window(self) -> None:
+        """rollout.max_model_len must fit the model's window (after any RoPE stretch)."""
+        cfg = self.cfg
+        window = cfg.model.max_position_embeddings or self.model_config.get("max_position_embeddings")
+        if cfg.rollout.max_model_len and window and cfg.rollout.max_model_len > window:
+            raise ConfigError(
+                f"rollout.max_model_len: must be <= the model's window {window} (max_position_embeddings; "
+                f"model.max_position_embeddings stretches it), got {cfg.rollout.max_model_len}",
+                key="rollout.max_model_len",
+            )
+
     def _check_eval_fits(self) -> None:
         """Before any actor starts: the long eval prompt plus its answer must fit the engines."""
         cfg = self.cfg
         need = self.eval_long_tokens() + cfg.eval.max_new_tokens
-        if cfg.eval.num_prompts and cfg.rollout.max_model_len < need:
+        if cfg.eval.num_prompts and cfg.rollout.max_model_len and cfg.rollout.max_model_len < need:
             raise ConfigError(
                 f"rollout.max_model_len: must be >= {need} for the {self.name} eval (long context "
                 f"{self.eval_long_tokens()} + eval.max_new_tokens {cfg.eval.max_new_tokens}), got "
@@ -129,6 +182,7 @@ class PreferenceTrainer:
             if resumed is not None:
                 self.restore(resumed["trainer"])
                 step = resumed["step"]
+                print(f"{self.name}: resumed from {resumed['checkpoint']} (step {step})", flush=True)
                 self.synced_step = None  # the engines start from the base model
                 if self.samples_online:
                     self.ensure_engines_current(rt, step)

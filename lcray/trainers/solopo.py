@@ -13,8 +13,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from lcray.config import LcrayConfig
-from lcray.data.qa_prompts import load_qa_records, make_pairs, pair_from_row
-from lcray.data.records import read_rows
+from lcray.data.qa_prompts import load_qa_records, make_pairs, pair_from_row, warn_duplicate_ids
+from lcray.data.records import DataError, read_rows
 from lcray.data.schema import PreferenceExample
 from lcray.engines import SamplingConfig
 from lcray.runtime import Runtime
@@ -42,15 +42,17 @@ class SoLoPOTrainer(PreferenceTrainer):
         self._prefetch: Future | None = None
         self._pool = ThreadPoolExecutor(max_workers=1) if cfg.rollout.overlap and self.online else None
         if self.online:
-            self.prompts = self.qa_prompts(load_qa_records(cfg.data, "train"))
+            self.prompts = self.qa_prompts(load_qa_records(cfg.data, "train"), "train")
+            if not self.prompts:
+                raise DataError("no training prompt is left after the length checks")
         else:
             if not s.pairs_path:
                 raise ValueError("solopo.mode=offline needs solopo.pairs_path (JSONL/Parquet of pairs)")
-            self.examples = list(
-                read_rows(s.pairs_path, self._parse_pair, on_error=cfg.data.on_error, format=cfg.data.format)
-            )
-            if not self.examples:
-                raise ValueError(f"{s.pairs_path}: no usable pairs")
+            pairs = read_rows(s.pairs_path, self._parse_pair, on_error=cfg.data.on_error, format=cfg.data.format)
+            if not pairs:
+                raise DataError(f"no usable pairs ({pairs.skipped} row(s) skipped)", path=s.pairs_path)
+            warn_duplicate_ids([e.id for e in pairs], s.pairs_path)
+            self.examples = list(pairs)
 
     def _parse_pair(self, row: Any, default_id: str) -> PreferenceExample:
         d = self.cfg.data
@@ -63,6 +65,8 @@ class SoLoPOTrainer(PreferenceTrainer):
             rejected_key=d.rejected_key,
             long_prompt_key=self.cfg.solopo.long_prompt_key,
             long_po=self.cfg.solopo.long_po,
+            max_prompt_len=d.max_prompt_len,
+            max_response_len=d.max_response_len,
         )
 
     # ------------------------------------------------------------------ online rollout

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 GOOD = {"id": "g", "question": "Who wrote it?", "answers": ["Ana"], "documents": ["Ana wrote it."]}
@@ -82,9 +81,54 @@ def wrong_field_type(d: Path) -> Path:
     return _jsonl(d / "fieldtype.jsonl", [_row(1), _row(2, question=42), _row(3)])
 
 
-# name -> (writer, expectation with on_error=raise, expectation with on_error=skip)
-CASES: dict[str, tuple[Callable[[Path], Path], tuple, tuple]] = {
-    "non_utf8": (non_utf8, ("error", r"latin1\.jsonl: row 2: not UTF-8 text"), ("skip", 1, 1)),
+def empty(d: Path) -> Path:
+    return _jsonl(d / "empty.jsonl", [])
+
+
+def all_rows_bad(d: Path) -> Path:
+    return _jsonl(d / "allbad.jsonl", ["{oops", _row(2, answers=[])])
+
+
+def duplicate_ids(d: Path) -> Path:
+    return _jsonl(d / "dups.jsonl", [_row(1), _row(1), _row(2), _row(2), _row(3)])
+
+
+def huge_document(d: Path) -> Path:
+    # A 10 MB supporting document: it would become a multi-million-token "short" context.
+    return _jsonl(d / "huge.jsonl", [_row(1), _row(2, documents=["word " * 2_000_000], supporting=[0]), _row(3)])
+
+
+def over_engine_window(d: Path) -> Path:
+    # ~1.8K tokens of supporting text (tiny tokenizer): under the short cap, over a 1K engine window.
+    return _jsonl(d / "long.jsonl", [_row(1), _row(2, documents=["alpha beta " * 300], supporting=[0])])
+
+
+def short_context_over_cap(d: Path) -> Path:
+    # ~3K tokens of supporting text: the "short" context would be longer than its cap.
+    return _jsonl(d / "bigshort.jsonl", [_row(1), _row(2, documents=["alpha beta " * 500], supporting=[0])])
+
+
+def _pair(i: int, **extra) -> dict:
+    return {"id": f"p{i}", "prompt": "Q?", "long_prompt": "Long Q?", "chosen": "Ana", "rejected": "Bo", **extra}
+
+
+def identical_pair(d: Path) -> Path:
+    return _jsonl(d / "same.jsonl", [_pair(1), _pair(2, rejected=" Ana "), _pair(3)])
+
+
+def whitespace_answer(d: Path) -> Path:
+    return _jsonl(d / "blank.jsonl", [_pair(1), _pair(2, chosen="   \n\t"), _pair(3)])
+
+
+def answer_too_long(d: Path) -> Path:
+    return _jsonl(d / "longanswer.jsonl", [_pair(1), _pair(2, chosen="very " * 200), _pair(3)])
+
+
+# name -> (writer, expectation with on_error=raise, expectation with on_error=skip, reader):
+# reader "records" = read_records; "qa" = load_qa_records + build_prompts (long context 2048 tokens,
+# engine window 1024 less 32 answer tokens); "pairs" = offline pairs (max_response_len 64).
+CASES: dict[str, tuple] = {
+    "non_utf8": (non_utf8, ("error", r"latin1\.jsonl: row 2: not UTF-8 text"), ("skip", 1, 1), "records"),
     "parquet_named_jsonl": (
         parquet_named_jsonl,
         ("error", r"really_parquet\.jsonl: this is a Parquet file, not JSONL"),
@@ -105,13 +149,57 @@ CASES: dict[str, tuple[Callable[[Path], Path], tuple, tuple]] = {
         ("error", r"fieldtype\.jsonl: row 2: field 'question': expected a non-empty string"),
         ("skip", 1, 2),
     ),
+    "empty_file": (empty, ("error", r"empty\.jsonl: no usable train records \(0 malformed"), None, "qa"),
+    "all_rows_bad": (
+        all_rows_bad,
+        ("error", r"allbad\.jsonl: row 1: invalid JSON"),
+        ("error", r"allbad\.jsonl: no usable train records \(2 malformed row\(s\) skipped\)"),
+        "qa",
+    ),
+    "duplicate_ids": (duplicate_ids, ("ok", 5), ("ok", 5), "qa"),
+    "huge_document": (
+        huge_document,
+        ("error", r"huge\.jsonl: record 'r2': its supporting documents hold 10000000 characters, far over"),
+        ("skip", 1, 2),
+        "qa",
+    ),
+    "over_engine_window": (
+        over_engine_window,
+        ("error", r"long\.jsonl: record 'r2': short prompt has \d+ tokens, more than the engines take \(992"),
+        ("skip", 1, 1),
+        "qa",
+    ),
+    "short_context_over_cap": (
+        short_context_over_cap,
+        ("error", r"bigshort\.jsonl: record 'r2': short context has \d+ tokens, more than the 2048-token long"),
+        ("skip", 1, 1),
+        "qa",
+    ),
+    "identical_pair": (
+        identical_pair,
+        ("error", r"same\.jsonl: row 2: field 'rejected': identical to 'chosen'"),
+        ("skip", 1, 2),
+        "pairs",
+    ),
+    "whitespace_answer": (
+        whitespace_answer,
+        ("error", r"blank\.jsonl: row 2: field 'chosen': missing, empty or whitespace only"),
+        ("skip", 1, 2),
+        "pairs",
+    ),
+    "answer_too_long": (
+        answer_too_long,
+        ("error", r"longanswer\.jsonl: row 2: field 'chosen': \d+ tokens > data.max_response_len=64"),
+        ("skip", 1, 2),
+        "pairs",
+    ),
 }
 
 
 def generate(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write every case under out_dir (one sub-folder each); returns name -> file."""
     out = {}
-    for name, (write, _, _) in CASES.items():
+    for name, (write, *_) in CASES.items():
         d = Path(out_dir) / name
         d.mkdir(parents=True, exist_ok=True)
         out[name] = write(d)

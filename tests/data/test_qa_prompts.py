@@ -56,7 +56,7 @@ def test_offline_pairs_file(tmp_path, tiny_model_dir):
         chosen_key="chosen",
         rejected_key="rejected",
     )
-    with pytest.raises(DataError, match=r"pairs.jsonl: row 3: field 'chosen': missing or empty"):
+    with pytest.raises(DataError, match=r"pairs.jsonl: row 3: field 'chosen': missing, empty or whitespace only"):
         read_rows(path, parse)
     got = read_rows(path, parse, on_error="skip")
     assert len(got) == 2 and got.skipped == 1

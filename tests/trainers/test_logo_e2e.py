@@ -50,7 +50,7 @@ def logo_cfg(tiny_model_dir, out, *overrides):
 
 def test_logo_eval_needs_engines_that_fit_the_training_window(tiny_model_dir, tmp_path):
     """LOGO evaluates on its 16K training window: an engine window of 2K is refused before Ray starts."""
-    with pytest.raises(ConfigError, match=r"rollout.max_model_len: must be >= 16384 for the logo eval"):
+    with pytest.raises(ConfigError, match=r"rollout.max_model_len: must be >= 16256 for the logo eval"):
         LOGOTrainer(logo_cfg(tiny_model_dir, tmp_path, "rollout.max_model_len=2048"))
     ok = LOGOTrainer(logo_cfg(tiny_model_dir, tmp_path, "rollout.max_model_len=2048", "eval.long_context_tokens=1000"))
     assert ok.eval_long_tokens() == 1000
@@ -62,7 +62,7 @@ def test_logo_builds_data_and_trains(ray_local, tiny_model_dir, tmp_path, monkey
     real_sync = Runtime.sync_weights
     monkeypatch.setattr(Runtime, "sync_weights", lambda rt: syncs.append(1) or real_sync(rt))
     trainer = LOGOTrainer(logo_cfg(tiny_model_dir, out))
-    assert trainer.eval_long_tokens() == 16384 - 4  # the training window, less the answer
+    assert trainer.eval_long_tokens() == 16384 - 4 - 128  # the training window, less the answer and question
     summary = trainer.run()
     assert len(syncs) == 1  # offline: the engines are refreshed only for the final eval, not every step
     manifest = read_manifest(out / "data")
