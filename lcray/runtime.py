@@ -17,7 +17,7 @@ from lcray.actors.placement import create_placement_groups, plan_placement
 from lcray.actors.rollout import RolloutPool
 from lcray.actors.scorer import ScorerPool
 from lcray.config import LcrayConfig
-from lcray.models import resolve_model_path
+from lcray.models import config_overrides, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,10 @@ class Runtime:
                     str(model_path),
                     backend=r.backend,
                     actor_options=[placement.actor_options("rollout", i) for i in range(r.num_engines)],
-                    **_engine_kwargs(cfg),
+                    **_engine_kwargs(cfg, model_path),
                     **({"weight_transfer": "nccl"} if nccl else {}),
+                    # TP > 1: the actor holds no GPU; vLLM's Ray executor puts its workers in the engine's bundles
+                    **({"distributed_executor_backend": "ray"} if placement.plans["rollout"].group_size > 1 else {}),
                 )
                 if nccl:
                     learners.init_nccl_sync(rollout, r.tensor_parallel_size)
@@ -148,11 +150,16 @@ def uses_nccl_sync(cfg: LcrayConfig) -> bool:
     return mode == "nccl"
 
 
-def _engine_kwargs(cfg: LcrayConfig) -> dict:
-    r = cfg.rollout
+def _engine_kwargs(cfg: LcrayConfig, model_path: Path) -> dict:
+    r, m = cfg.rollout, cfg.model
+    # The engines must run the model the learner trains: the same RoPE stretch (LOGO), or their
+    # samples and evals come from another model.
+    overrides = config_overrides(model_path, rope_theta=m.rope_theta, max_position_embeddings=m.max_position_embeddings)
+    common = {"hf_overrides": overrides} if overrides else {}
     if r.backend == "transformers":
-        return {"dtype": cfg.model.dtype, "seed": r.seed}
+        return {"dtype": cfg.model.dtype, "seed": r.seed, **common}
     return {
+        **common,
         "tensor_parallel_size": r.tensor_parallel_size,
         "gpu_memory_utilization": r.gpu_memory_utilization,
         "kv_cache_space_gb": r.kv_cache_space_gb,

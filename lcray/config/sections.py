@@ -169,15 +169,15 @@ class TrainerConfig:
 @dataclass
 class PlacementConfig:
     colocate: bool = (
-        False  # rollout engines and learners share one pool (bundle i = learner i + engine i) vs separate pools
+        False  # engines and learners share one pool: bundle r = learner r + one engine worker (engine r if TP 1)
     )
     num_nodes: int = 1  # nodes the whole job expects in the Ray cluster
     rollout_num_nodes: int = 1  # nodes the rollout engines spread over
     learner_num_nodes: int = 1  # nodes the learners spread over
-    cpus_per_engine: float = 1.0  # Ray CPUs reserved per rollout engine actor
-    gpus_per_engine: float = (
-        0.0  # Ray GPUs reserved per rollout engine (on GPU = rollout.tensor_parallel_size; colocated e.g. 0.5)
-    )
+    cpus_per_engine: float = 1.0  # Ray CPUs per rollout bundle (the engine actor's; TP > 1: per TP worker bundle)
+    # GPU share of ONE engine worker, <= 1: an engine has rollout.tensor_parallel_size workers, one
+    # bundle each (TP 1: the actor itself). 1 on GPUs of their own, e.g. 0.5 colocated, 0 on CPU.
+    gpus_per_engine: float = 0.0
     cpus_per_scorer: float = 0.5  # Ray CPUs per scorer actor (scorers get no placement group)
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = (
         "PACK"  # how each placement group's bundles spread over nodes

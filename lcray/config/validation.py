@@ -177,12 +177,40 @@ def validate(cfg: LcrayConfig) -> None:
     ):
         if not ok:
             raise ConfigError(f"{key}: must be {rule}, got {_get(cfg, key)!r}", key=key)
-    pl = cfg.placement
-    if pl.colocate and cfg.rollout.num_engines != lr.num_learners:  # bundle i holds learner i and engine i
+    pl, ro = cfg.placement, cfg.rollout
+    tp = ro.tensor_parallel_size if ro.backend == "vllm" else 1  # vLLM TP workers: one GPU bundle each
+    if pl.colocate and ro.num_engines * tp != lr.num_learners:  # bundle r holds learner r and one engine worker
         raise ConfigError(
-            f"placement.colocate: must be false unless rollout.num_engines == learner.num_learners, "
-            f"got {cfg.rollout.num_engines} engines and {lr.num_learners} learners",
+            f"placement.colocate: must be false unless rollout.num_engines * rollout.tensor_parallel_size == "
+            f"learner.num_learners (each GPU bundle holds one learner and one engine worker), got "
+            f"{ro.num_engines} engines x {tp} = {ro.num_engines * tp} engine workers and {lr.num_learners} learners",
             key="placement.colocate",
+        )
+    if pl.gpus_per_engine > 1:  # vLLM's Ray executor rejects bundles of more than one GPU
+        raise ConfigError(
+            "placement.gpus_per_engine: must be <= 1, the GPU share of ONE engine worker (an engine has "
+            f"rollout.tensor_parallel_size workers, one GPU bundle each), got {pl.gpus_per_engine!r}",
+            key="placement.gpus_per_engine",
+        )
+    if tp > 1 and pl.gpus_per_engine <= 0:
+        raise ConfigError(
+            f"placement.gpus_per_engine: must be > 0 with rollout.tensor_parallel_size={tp} (each tensor-parallel "
+            f"worker of vLLM's Ray executor takes a GPU bundle: 1 on its own GPU, e.g. 0.5 colocated), got "
+            f"{pl.gpus_per_engine!r}",
+            key="placement.gpus_per_engine",
+        )
+    if tp > 1 and pl.colocate and lr.gpus_per_learner + pl.gpus_per_engine > 1:
+        raise ConfigError(
+            f"placement.gpus_per_engine: learner.gpus_per_learner + placement.gpus_per_engine must be <= 1 "
+            f"with rollout.tensor_parallel_size={tp} (a colocated bundle is one GPU), got "
+            f"{lr.gpus_per_learner:g} + {pl.gpus_per_engine:g}",
+            key="placement.gpus_per_engine",
+        )
+    if tp > 1 and pl.strategy == "STRICT_SPREAD":
+        raise ConfigError(
+            f"placement.strategy: must not be STRICT_SPREAD with rollout.tensor_parallel_size={tp}: it puts "
+            f"every bundle on its own node, and an engine's tensor-parallel workers must share one",
+            key="placement.strategy",
         )
     for role, n_nodes, n_actors, count_key in (
         ("rollout", pl.rollout_num_nodes, cfg.rollout.num_engines, "rollout.num_engines"),

@@ -3,8 +3,8 @@
 Facts that shape this file (docs/architecture.md, measured here):
 - the engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0): inside a Ray actor a
   second process only costs memory, and spawn breaks when the caller lacks a __main__ guard;
-- the CPU backend repacks linear weights, so weights are swapped with the worker's
-  `reload_weights` (which re-runs that processing) rather than `load_weights`;
+- the CPU backend repacks linear weights, so weights are swapped through vLLM's layerwise
+  reload (what `reload_weights` runs; it re-runs that processing), not a plain `load_weights`;
 - the CPU KV cache is sized by VLLM_CPU_KVCACHE_SPACE (GiB), the GPU one by
   gpu_memory_utilization.
 """
@@ -42,6 +42,12 @@ class VLLMEngine:
         dtype: str = "float32",  # bf16 on CPUs without native bf16 garbles output (seen with SmolLM2)
         seed: int = 0,
         weight_transfer: str | None = None,  # "nccl" on GPU clusters (actors/weight_sync.py)
+        hf_overrides: dict | None = None,  # the learner's RoPE stretch (models.config_overrides)
+        # "ray" for tensor_parallel_size > 1: vLLM's Ray executor starts one worker per TP rank in the
+        # bundles named by VLLM_RAY_BUNDLE_INDICES, which the placement put in this actor's env
+        # (actors/engine_placement.py). Explicit: vLLM's own guess first counts the GPUs this process
+        # sees, which an actor holding none of them does not control.
+        distributed_executor_backend: str | None = None,
     ) -> None:
         _set_vllm_env(kv_cache_space_gb)
         from vllm import LLM  # imported late: the env above must be set first
@@ -56,6 +62,8 @@ class VLLMEngine:
             enforce_eager=enforce_eager,
             dtype=dtype,
             seed=seed,
+            distributed_executor_backend=distributed_executor_backend,
+            hf_overrides=dict(hf_overrides or {}),
             **({"weight_transfer_config": {"backend": weight_transfer}} if weight_transfer else {}),
         )
         self.startup_seconds = time.perf_counter() - start

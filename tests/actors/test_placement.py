@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from lcray.actors.engine_placement import sort_bundles_by_node, tp_bundle_slices, vllm_worker_env
 from lcray.actors.placement import (
     PlacementError,
     check_feasible,
@@ -57,18 +58,117 @@ def test_colocated_mode_shares_bundles_with_fractional_gpus():
     assert learner.num_gpus == rollout.num_gpus == 0.5 and learner.strategy == "SPREAD"
 
 
-def test_colocate_requires_equal_counts():
+def test_colocate_requires_one_engine_worker_per_learner():
     cfg = LcrayConfig()
     cfg.placement.colocate, cfg.rollout.num_engines, cfg.learner.num_learners = True, 2, 1
     with pytest.raises(
         ConfigError,
-        match=r"placement\.colocate: .*rollout\.num_engines == learner\.num_learners"
-        r".*got 2 engines and 1 learners",
+        match=r"placement\.colocate: .*rollout\.num_engines \* rollout\.tensor_parallel_size == learner\.num_learners"
+        r".*got 2 engines x 1 = 2 engine workers and 1 learners",
     ):
         plan_placement(cfg)
-    with pytest.raises(ConfigError, match="got 2 engines and 1 learners") as exc:
+    with pytest.raises(ConfigError, match="got 2 engines x 1 = 2 engine workers and 1 learners") as exc:
         load_config(None, ["placement.colocate=true", "rollout.num_engines=2"])
     assert exc.value.key == "placement.colocate"
+    # with TP: 2 engines x TP 2 fill 4 learner GPUs; 2 learners are too few
+    tp2 = ["placement.colocate=true", "rollout.num_engines=2", "rollout.tensor_parallel_size=2"]
+    tp2 += ["learner.gpus_per_learner=0.5", "placement.gpus_per_engine=0.5"]
+    load_config(None, [*tp2, "learner.num_learners=4", "learner.train_batch_size=4"])
+    with pytest.raises(ConfigError, match="got 2 engines x 2 = 4 engine workers and 2 learners"):
+        load_config(None, [*tp2, "learner.num_learners=2", "learner.train_batch_size=2"])
+
+
+# ----------------------------------------------------------------------------- tensor-parallel engines (no Ray)
+def test_tp_engines_get_one_gpu_bundle_per_worker_and_the_actor_no_gpu():
+    plans = plan_placement(
+        make_cfg(
+            "rollout.num_engines=2",
+            "rollout.tensor_parallel_size=2",
+            "placement.gpus_per_engine=1",
+            "learner.num_learners=4",
+            "learner.gpus_per_learner=1",
+            "learner.train_batch_size=4",
+        )
+    )
+    rollout = plans["rollout"]
+    assert rollout.bundles == [{"CPU": 1.0, "GPU": 1.0}] * 4  # vLLM refuses bundles of more than one GPU
+    assert (rollout.num_actors, rollout.group_size, rollout.num_gpus, rollout.worker_gpus) == (2, 2, 0.0, 1.0)
+    assert plans["learner"].group_size == 1
+    # colocated: one {GPU: 1} bundle per learner; engine workers take 0.5 of bundles [2i, 2i+2)
+    co = plan_placement(
+        make_cfg(
+            "placement.colocate=true",
+            "rollout.num_engines=2",
+            "rollout.tensor_parallel_size=2",
+            "placement.gpus_per_engine=0.5",
+            "learner.num_learners=4",
+            "learner.gpus_per_learner=0.5",
+            "learner.train_batch_size=4",
+        )
+    )
+    assert co["learner"].bundles is co["rollout"].bundles == [{"CPU": 2.0, "GPU": 1.0}] * 4
+    assert (co["rollout"].group_size, co["rollout"].num_gpus, co["rollout"].worker_gpus) == (2, 0.0, 0.5)
+    assert co["learner"].num_gpus == 0.5
+    # the transformers engine has no tensor parallelism: its actor keeps the GPU
+    hf = plan_placement(make_cfg("rollout.backend=transformers", "rollout.tensor_parallel_size=2"))
+    assert hf["rollout"].group_size == 1 and len(hf["rollout"].bundles) == 1
+
+
+def test_bundles_sorted_by_node_before_slicing():
+    # Ray does not order a PACK/SPREAD group's bundles by node (ray-project/ray#51117)
+    interleaved = {0: "node-a", 1: "node-b", 2: "node-a", 3: "node-b", 4: "node-c", 5: "node-c"}
+    assert sort_bundles_by_node(interleaved) == [0, 2, 1, 3, 4, 5]
+    assert tp_bundle_slices(interleaved, 2, 3) == [[0, 2], [1, 3], [4, 5]]
+    assert tp_bundle_slices({i: "n" for i in range(4)}, 2, 2) == [[0, 1], [2, 3]]  # one node: order kept
+    with pytest.raises(
+        PlacementError, match=r"rollout engine 1 \(tensor_parallel_size=2\) would span nodes \['a', 'b'\]"
+    ):
+        tp_bundle_slices({0: "a", 1: "b", 2: "a", 3: "a"}, 2, 2)  # 3 bundles on a, 1 on b
+    assert vllm_worker_env([4, 6], 0.5) == {"VLLM_RAY_BUNDLE_INDICES": "4,6", "VLLM_RAY_PER_WORKER_GPUS": "0.5"}
+    assert vllm_worker_env([1, 0], 1.0)["VLLM_RAY_PER_WORKER_GPUS"] == "1"
+
+
+@pytest.mark.parametrize(
+    "overrides, key, message",
+    [
+        (["placement.gpus_per_engine=2"], "placement.gpus_per_engine", "must be <= 1, the GPU share of ONE engine"),
+        (["rollout.tensor_parallel_size=2"], "placement.gpus_per_engine", "must be > 0 with rollout.tensor_parallel"),
+        (
+            ["rollout.tensor_parallel_size=2", "placement.gpus_per_engine=1", "placement.strategy=STRICT_SPREAD"],
+            "placement.strategy",
+            "must not be STRICT_SPREAD",
+        ),
+        (
+            [
+                "placement.colocate=true",
+                "rollout.tensor_parallel_size=2",
+                "learner.num_learners=2",
+                "learner.gpus_per_learner=1",
+                "placement.gpus_per_engine=0.5",
+            ],
+            "placement.gpus_per_engine",
+            r"gpus_per_learner \+ placement\.gpus_per_engine must be <= 1",
+        ),
+    ],
+)
+def test_tp_placement_rules(overrides, key, message):
+    with pytest.raises(ConfigError, match=message) as exc:
+        load_config(None, overrides)
+    assert exc.value.key == key
+
+
+def test_feasibility_counts_whole_tp_groups_per_node():
+    plans = plan_placement(
+        make_cfg("rollout.num_engines=2", "rollout.tensor_parallel_size=2", "placement.gpus_per_engine=1")
+    )
+    nodes = [{"CPU": 8.0, "GPU": 3.0}, {"CPU": 8.0, "GPU": 1.0}]  # 4 GPUs, but only one node holds a pair
+    with pytest.raises(
+        PlacementError,
+        match=r"2 rollout engines need 2 bundles of \{'CPU': 1, 'GPU': 1\} each on one node "
+        r"\(tensor_parallel_size=2\) but the nodes can hold only 1 such groups",
+    ):
+        check_feasible(plans, {"CPU": 16.0, "GPU": 4.0}, nodes)
+    check_feasible(plans, {"CPU": 16.0, "GPU": 4.0}, [{"CPU": 8.0, "GPU": 2.0}] * 2)
 
 
 def test_node_resources_pin_bundles():
