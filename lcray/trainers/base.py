@@ -190,6 +190,7 @@ class PreferenceTrainer:
                 cfg.logging.logdir,
                 total_steps=max_steps,
                 initial_step=step,
+                resumed=resumed is not None,
                 progress=cfg.logging.progress_bar,
                 desc=f"{self.name}[{cfg.algo.loss_type}]",
             )

@@ -14,12 +14,22 @@ log = logging.getLogger("lcray")
 
 class RunLogger:
     def __init__(
-        self, logdir: str | Path, *, total_steps: int, initial_step: int = 0, progress: bool = True, desc: str = "train"
+        self,
+        logdir: str | Path,
+        *,
+        total_steps: int,
+        initial_step: int = 0,
+        progress: bool = True,
+        desc: str = "train",
+        resumed: bool = False,
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.logdir = Path(logdir)
-        self.writer = SummaryWriter(str(self.logdir))
+        # A resumed run repeats the steps after its checkpoint: purge_step hides what the stopped
+        # run logged from there on, so TensorBoard shows each step once (the new values).
+        purge = initial_step + 1 if resumed else None
+        self.writer = SummaryWriter(str(self.logdir), purge_step=purge)
         self.bar = tqdm(total=total_steps, initial=initial_step, desc=desc, disable=not progress, dynamic_ncols=True)
         self.history: list[dict[str, Any]] = []
 
