@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray
 
 from lcray.actors.learner import LearnerGroup
@@ -18,6 +22,7 @@ from lcray.actors.rollout import RolloutPool
 from lcray.actors.scorer import ScorerPool
 from lcray.config import LcrayConfig
 from lcray.models import config_overrides, resolve_model_path
+from lcray.utils import reaper
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,8 @@ def init_ray(cfg: LcrayConfig) -> None:
 
     The embedded cluster declares at least as many logical CPUs as the roles ask for: on a
     laptop the roles take turns (rollout, then scoring, then training), so oversubscribing
-    the cores is what lets one machine run all three.
+    the cores is what lets one machine run all three. It listens on loopback only
+    (`_local_only_node`) and leaves no process behind when the driver is killed (`_start_reaper`).
     """
     if ray.is_initialized():
         return
@@ -65,9 +71,63 @@ def init_ray(cfg: LcrayConfig) -> None:
         ray.init(address=address, runtime_env={"env_vars": extra} if extra else None, log_to_driver=True)
         return
     num_cpus = max(os.cpu_count() or 1, int(_demand(cfg) + 0.999))
-    ray.init(
-        address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env}
-    )
+    before = {p.pid for p in psutil.Process().children()}
+    with _local_only_node():
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": env},
+        )
+    _start_reaper([p for p in psutil.Process().children() if p.pid not in before])
+
+
+# An embedded Ray is a laptop run: its servers bind to loopback only. Ray 2.60 rewrites a loopback
+# `_node_ip_address` to the host's routable address unless it runs in its local-only mode
+# (`ray_constants.ENABLE_RAY_CLUSTER`, read from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER at `import ray`:
+# the default on macOS and Windows). In that mode the node address is 127.0.0.1, and GCS, raylet,
+# object manager, workers, the driver, both agents (gRPC, HTTP, metrics) and the metrics ports of
+# monitor/dashboard all listen on 127.0.0.1 (::ffff:127.0.0.1 on Ray's dual-stack gRPC sockets):
+# checked with psutil, nothing listens elsewhere (tests/test_runtime_local.py keeps it so). The
+# env var is read once at import, so the driver's copy is switched for the ray.init call;
+# the processes Ray starts are handed 127.0.0.1 explicitly. Token auth (on by default in 2.60
+# for an embedded Ray) still guards these ports against other local users.
+_ENABLE_CLUSTER_ATTR = "ENABLE_RAY_CLUSTER"
+
+
+@contextmanager
+def _local_only_node() -> Iterator[None]:
+    from ray._private import ray_constants
+
+    if not hasattr(ray_constants, _ENABLE_CLUSTER_ATTR):  # a Ray that moved it: the loopback test says so
+        log.warning("ray_constants.%s is gone: the embedded Ray may bind beyond loopback", _ENABLE_CLUSTER_ATTR)
+        yield
+        return
+    old = getattr(ray_constants, _ENABLE_CLUSTER_ATTR)
+    setattr(ray_constants, _ENABLE_CLUSTER_ATTR, False)
+    try:
+        yield
+    finally:
+        setattr(ray_constants, _ENABLE_CLUSTER_ATTR, old)
+
+
+_reaper: subprocess.Popen | None = None
+
+
+def _start_reaper(roots: list[psutil.Process]) -> None:
+    """Ray's own fate-sharing (PR_SET_PDEATHSIG on the processes ray.init starts) ends gcs_server
+    and the raylet with the driver, and workers follow their raylet; but after `kill -9` of the
+    driver the raylet's agents linger ~60 s, trying to tell the dead GCS. lcray/utils/reaper.py
+    ends them (and anything else Ray started) within seconds; it exits with the driver or Ray."""
+    global _reaper
+    if _reaper is not None:
+        _reaper.poll()  # reap a previous session's watchdog (it exits once that Ray is gone)
+    try:
+        _reaper = reaper.start(roots)
+    except OSError as e:  # a missing watchdog must not stop a run
+        log.warning("could not start the Ray process reaper: %s", e)
 
 
 @dataclass
