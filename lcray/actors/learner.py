@@ -4,15 +4,21 @@ torch.distributed world (rank 0 publishes the rendezvous address, as OpenRLHF do
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ray
 
+from lcray.actors.weight_sync import NcclTransferGroup, check_weight_sync, max_logprob_gap
 from lcray.config import LcrayConfig, config_from_dict, to_dict
 from lcray.data.schema import PreferenceExample
 from lcray.utils.batching import balanced_shards
+
+log = logging.getLogger(__name__)
 
 
 class LearnerWorker:
@@ -46,18 +52,40 @@ class LearnerWorker:
         return self.learner.train_step(examples)
 
     def export_weights(self) -> list | None:
-        """[ObjectRef] of the full state dict on rank 0 (collective; None on other ranks).
+        """[ObjectRef] of the full state dict on rank 0 (collective; None on other ranks): the
+        whole model on the host, for tests and small models (syncs stream: begin_export).
 
         Wrapped in a list so the driver passes the reference along without fetching it.
         """
         state = self.learner.export_state_dict()
         return None if state is None else [ray.put(state)]
 
+    # Streamed export, driven bucket by bucket from the driver (LearnerGroup.weight_buckets):
+    # every rank joins each bucket's gather; a bucket is released before its call returns.
+    def begin_export(self) -> None:
+        self._export = self.learner.weight_buckets()
+
+    def export_bucket(self) -> list | None:
+        """The next bucket: [ObjectRef of {name: tensor}] on rank 0, [] on the others; None once
+        every bucket was sent (on every rank at once: they share the plan)."""
+        bucket = next(self._export, StopIteration)
+        if bucket is StopIteration:
+            return None
+        return [] if bucket is None else [ray.put(dict(bucket))]
+
+    def end_export(self) -> None:
+        self._export.close()
+        self._export = None
+
+    def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        return self.learner.token_logprobs(sequences)
+
     def init_nccl_sync(
-        self, rollout_handles: list, master_address: str, master_port: int, num_engine_workers: int
+        self, rollout_handles: list, master_address: str, master_port: int, tensor_parallel_size: int
     ) -> None:
         """GPU clusters: join vLLM's NCCL weight-transfer group (rank 0 sends)."""
         from lcray.actors.weight_sync import init_nccl_sender
+        from lcray.learner.export import bucket_bytes
 
         self.nccl_sender = init_nccl_sender(
             self.learner.engine.module,
@@ -65,11 +93,17 @@ class LearnerWorker:
             rollout_handles=rollout_handles,
             master_address=master_address,
             master_port=master_port,
-            num_engine_workers=num_engine_workers,
+            tensor_parallel_size=tensor_parallel_size,
+            bucket_bytes=bucket_bytes(self.cfg.rollout.sync_bucket_mb),
         )
 
     def send_weights_nccl(self) -> None:
         self.nccl_sender.send_weights()
+
+    def close_nccl_sync(self) -> None:
+        sender, self.nccl_sender = getattr(self, "nccl_sender", None), None
+        if sender is not None:
+            sender.shutdown()
 
     def save_checkpoint(self, path: str, client_state: dict) -> str | None:
         from lcray.learner.checkpoint import save_checkpoint
@@ -109,10 +143,22 @@ class LearnerGroup:
         addr, port = ray.get(self.actors[0].rendezvous.remote())
         total = total_steps or cfg.trainer.max_steps
         self.info = ray.get([a.setup.remote(addr, port, total) for a in self.actors])
-        self.nccl = False  # weight sync channel; see init_nccl_sync
+        self.rollout_cfg = cfg.rollout
+        self.max_logprob_gap = max_logprob_gap(cfg)
+        self.sync_metrics: dict[str, float] = {}  # the last sync's stale-weight check
+        self._transfer: Any = None  # the NCCL group once init_nccl_sync ran, else object-store sync
+        # Learner calls from the driver's threads (rollout.overlap re-syncs a restarted engine from
+        # a background thread) must not interleave: every rank has to see the same call order,
+        # and a weight stream must not straddle a train step.
+        self._lock = threading.RLock()
+
+    @property
+    def nccl(self) -> bool:
+        return self._transfer is not None
 
     def _all(self, method: str, *args: Any) -> list:
-        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+        with self._lock:
+            return ray.get([getattr(a, method).remote(*args) for a in self.actors])
 
     def train_step(self, examples: Sequence[PreferenceExample]) -> dict[str, float]:
         """One optimizer step on the global batch, split over the ranks by token count.
@@ -124,28 +170,105 @@ class LearnerGroup:
             raise ValueError(f"global batch of {len(examples)} examples does not split over {self.world_size} learners")
         costs = [e.short_tokens() + e.long_tokens() for e in examples]
         shards = balanced_shards(costs, self.world_size)
-        refs = [a.train_step.remote([examples[i] for i in shard]) for shard, a in zip(shards, self.actors)]
-        metrics = ray.get(refs)[0]  # metrics are already averaged over ranks
+        with self._lock:
+            refs = [a.train_step.remote([examples[i] for i in shard]) for shard, a in zip(shards, self.actors)]
+            try:
+                metrics = ray.get(refs)[0]  # metrics are already averaged over ranks
+            except ray.exceptions.RayTaskError as e:
+                from lcray.learner.step import NonFiniteLossError
+
+                if isinstance(e.cause, NonFiniteLossError):  # every rank raised it: say it plainly
+                    raise e.cause from None
+                raise
         loads = [sum(costs[i] for i in shard) for shard in shards]
         return {**metrics, "shard_tokens_max": float(max(loads)), "shard_tokens_min": float(min(loads))}
 
     def export_weights(self) -> ray.ObjectRef:
         return self._all("export_weights")[0][0]
 
+    def weight_buckets(self) -> Iterator[ray.ObjectRef]:
+        """The policy as object-store refs of buckets of at most rollout.sync_bucket_mb, each
+        gathered by every rank when the caller asks for it (so about one bucket is in flight).
+        A fresh stream per call; RolloutPool.update_weights takes this method itself."""
+        with self._lock:
+            self._all("begin_export")
+            try:
+                while (out := self._all("export_bucket"))[0] is not None:
+                    yield out[0][0]
+            finally:
+                self._all("end_export")
+
+    def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """The policy's log-prob of every token but the first of each sequence (collective)."""
+        return self._all("token_logprobs", [list(s) for s in sequences])[0]
+
     def sync_weights(self, rollout_pool: Any) -> int:
         """Learner rank 0 -> every rollout engine: NCCL broadcast once `init_nccl_sync` ran
-        (GPU), else through the object store. Returns the pool's new weight version."""
-        if self.nccl:
-            self._all("send_weights_nccl")
-            return rollout_pool.mark_synced()
-        return rollout_pool.update_weights(self.export_weights())
+        (GPU), else streamed through the object store; then the stale-weight check, whose
+        train metrics land in `sync_metrics`. Returns the pool's new weight version."""
+        if self._transfer is not None:
+            version = self._sync_nccl(rollout_pool)
+        else:
+            version = rollout_pool.update_weights(self.weight_buckets)
+        r = self.rollout_cfg
+        self.sync_metrics = check_weight_sync(
+            self,
+            rollout_pool,
+            sequences=r.sync_check_sequences,
+            max_gap=self.max_logprob_gap,
+            on_stale=r.on_stale_weights,
+        )
+        return version
+
+    def pop_sync_metrics(self) -> dict[str, float]:
+        out, self.sync_metrics = self.sync_metrics, {}
+        return out
+
+    def _sync_nccl(self, pool: Any) -> int:
+        """NCCL send; first forms the group again if an engine restarted since it was formed.
+
+        Why again for everyone, and not the object store for just the restarted engine: vLLM's
+        transfer group is one NCCL communicator whose members are fixed when it forms (trainer
+        rank 0 + every engine worker: NCCLTrainerInitInfo.world_size). A restarted engine is a
+        new process outside it, and a broadcast needs every member, so the next send would hang
+        for ALL engines. vLLM 0.32 lets members leave (shutdown_weight_transfer_engine aborts the
+        communicator, which a dead peer cannot block) and join a new group (init_weight_transfer
+        _engine again; a restarted actor has a fresh transfer engine, as Ray replays its
+        constructor). If forming it fails, the object store takes over for good.
+        """
+        transfer = self._transfer
+        with pool.lock:  # no generate may reach an engine mid-transfer (pool lock before ours)
+            pids = pool.engine_pids()
+            restarted = [i for i, (old, new) in enumerate(zip(transfer.pids, pids)) if old != new]
+            if restarted:
+                log.warning(
+                    "rollout engines %s restarted since the NCCL weight-transfer group formed; forming it again",
+                    restarted,
+                )
+                try:
+                    transfer.close()
+                    transfer.open()
+                except Exception as err:  # any failure: the object store needs no group
+                    log.warning(
+                        "could not form the NCCL weight-transfer group again (%s: %s); syncing through the "
+                        "object store from now on",
+                        type(err).__name__,
+                        err,
+                    )
+                    with contextlib.suppress(Exception):
+                        transfer.close()
+                    self._transfer = None
+                    return pool.update_weights(self.weight_buckets)
+            transfer.send()
+            return pool.mark_synced()
+
+    # The NCCL group, a seam: CPU tests put a fake here (NCCL cannot exist without GPUs).
+    transfer_cls = NcclTransferGroup
 
     def init_nccl_sync(self, rollout_pool: Any, tensor_parallel_size: int) -> None:
-        addr, port = ray.get(self.actors[0].rendezvous.remote())
-        workers = len(rollout_pool.actors) * tensor_parallel_size
-        self._all("init_nccl_sync", rollout_pool.actors, addr, port, workers)
-        rollout_pool.weights_provider = self.export_weights  # re-sync a restarted engine
-        self.nccl = True
+        self._transfer = self.transfer_cls(self, rollout_pool, tensor_parallel_size)
+        self._transfer.open()
+        rollout_pool.weights_provider = self.weight_buckets  # re-sync a restarted engine
 
     def save_checkpoint(self, path: str, client_state: dict) -> str:
         return self._all("save_checkpoint", path, client_state)[0]

@@ -63,7 +63,26 @@ class GenerationEngine(Protocol):
         """One result per prompt, each with `sampling.n` completions."""
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Replace the engine's weights with HF-named tensors (a full state dict)."""
+        """Replace the engine's weights with HF-named tensors (a full state dict): begin, one
+        bucket, finish."""
+
+    # A streamed update (the weight sync): begin, then the model's tensors over any number of
+    # load calls, then finish. Between begin and finish the engine must not generate.
+    def begin_weight_update(self) -> None:
+        """Start receiving a new set of weights."""
+
+    def load_weight_bucket(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Some of the HF-named tensors of the new weights (each tensor whole)."""
+
+    def finish_weight_update(self) -> None:
+        """Every tensor arrived: the new weights serve from now on (weight_version + 1)."""
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Log-prob of every token but the first of each sequence (the stale-weight check)."""
+
+    def reseed(self, seed: int) -> None:
+        """Reset the engine's sampling generator: the next generate() draws the same noise as
+        any other call after reseed(seed) (resumable rollouts without per-request seeds)."""
 
     def health(self) -> dict:
         """A cheap liveness/identity probe."""

@@ -76,16 +76,43 @@ class HFEngine:
         return Completion(text=text, token_ids=ids, logprobs=logps[: len(ids)].tolist(), finish_reason=finish)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.begin_weight_update()
+        self.load_weight_bucket(named_tensors)
+        self.finish_weight_update()
+
+    def begin_weight_update(self) -> None:
+        self._loaded: set[str] = set()
+
+    def load_weight_bucket(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         state = dict(named_tensors)
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        _, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(f"weight update mismatch: unexpected={unexpected[:5]}")
+        self._loaded.update(state)
+
+    def finish_weight_update(self) -> None:
         # Tied embeddings legitimately miss lm_head; anything else means a name mismatch.
-        missing = [m for m in missing if not (m == "lm_head.weight" and self.model.config.tie_word_embeddings)]
-        if missing or unexpected:
-            raise ValueError(f"weight update mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
+        tied = self.model.config.tie_word_embeddings
+        missing = [m for m in self.model.state_dict() if m not in self._loaded and not (m == "lm_head.weight" and tied)]
+        if missing:
+            raise ValueError(f"weight update mismatch: missing={missing[:5]}")
         self.weight_version += 1
+
+    @torch.no_grad()
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        out = []
+        for seq in sequences:
+            ids = torch.tensor([list(seq)])
+            logps = self.model(ids).logits[0, :-1].float().log_softmax(-1)
+            out.append(logps.gather(-1, ids[0, 1:, None]).squeeze(-1).tolist())
+        return out
+
+    def reseed(self, seed: int) -> None:
+        torch.manual_seed(seed)  # generate() samples from torch's global generator
 
     def health(self) -> dict:
         return {
+            "seed": self.seed,
             "backend": "transformers",
             "model": self.model_path,
             "pid": os.getpid(),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -53,6 +54,7 @@ class VLLMEngine:
         from vllm import LLM  # imported late: the env above must be set first
 
         self.model_path = str(model_path)
+        self.seed = seed
         start = time.perf_counter()
         self.llm = LLM(
             model=self.model_path,
@@ -109,13 +111,85 @@ class VLLMEngine:
         return list(prompt)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        self.llm.collective_rpc(
-            "reload_weights",
-            kwargs={"weights_iterator": list(named_tensors), "is_checkpoint_format": True},
-        )
-        # Cached KV blocks were computed with the old weights.
-        self.llm.reset_prefix_cache()
+        self.begin_weight_update()
+        self.load_weight_bucket(named_tensors)
+        self.finish_weight_update()
+
+    # A streamed update is vLLM's own reload split over calls: reload_weights runs
+    # initialize_layerwise_reload -> model.load_weights(all weights) -> finalize_layerwise_reload,
+    # and vLLM's NCCL weight-transfer engine runs the same three with one load_weights per chunk
+    # (start/update/finish_weight_update). Several reload_weights calls with partial sets are NOT
+    # equivalent: a fused layer (qkv, gate_up) whose parts arrive in different calls is
+    # processed half-loaded (measured here: NaN logits), so the layer state must persist
+    # across buckets until finish.
+    def begin_weight_update(self) -> None:
+        self.llm.collective_rpc(_begin_reload)
+
+    def load_weight_bucket(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.llm.collective_rpc(_load_weights, args=(list(named_tensors),))
+
+    def finish_weight_update(self) -> None:
+        self.llm.collective_rpc(_finish_reload)
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self.weight_version += 1
 
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        # prompt_logprobs=0: the log-prob of each prompt token itself (the first has none).
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params, use_tqdm=False)
+        return [[step[t].logprob for t, step in zip(o.prompt_token_ids[1:], o.prompt_logprobs[1:])] for o in outs]
+
+    def weight_checksums(self) -> dict[str, str]:
+        """sha256 of every parameter on every worker (vLLM's own digest), to compare engines."""
+        return {k: v for worker in self.llm.collective_rpc("compute_weight_checksums") for k, v in worker.items()}
+
+    def reseed(self, seed: int) -> None:
+        self.llm.collective_rpc(_reseed, args=(seed,))
+
     def health(self) -> dict:
-        return {"backend": "vllm", "model": self.model_path, "pid": os.getpid(), "weight_version": self.weight_version}
+        return {
+            "backend": "vllm",
+            "model": self.model_path,
+            "pid": os.getpid(),
+            "weight_version": self.weight_version,
+            "seed": self.seed,
+        }
+
+
+# Run on every vLLM worker through collective_rpc (module level, so they pickle by reference).
+def _reseed(worker: Any, seed: int) -> None:
+    # Requests without their own seed draw from the device's global generator (vLLM's sampler).
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _begin_reload(worker: Any) -> None:
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+    with set_current_vllm_config(worker.vllm_config):
+        initialize_layerwise_reload(worker.model_runner.get_model())
+
+
+def _load_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
+    from vllm.config import set_current_vllm_config
+
+    with set_current_vllm_config(worker.vllm_config):
+        worker.model_runner.get_model().load_weights(weights)
+
+
+def _finish_reload(worker: Any) -> None:
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+    runner = worker.model_runner
+    with set_current_vllm_config(worker.vllm_config):
+        finalize_layerwise_reload(runner.get_model(), worker.vllm_config.model_config)
+    # What GPUModelRunner.reload_weights does after reloading.
+    runner.reset_lora_state()
+    runner.reset_encoder_cache()
+    runner.reset_mm_cache()

@@ -37,6 +37,15 @@ def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str,
     return {k: float(v) / world for k, v in zip(keys, t.tolist())}
 
 
+def all_finite(value: torch.Tensor, device: torch.device) -> bool:
+    """True when `value` is finite on EVERY rank: all ranks take the same branch afterwards (a rank
+    that stopped alone would leave the others waiting in the next collective)."""
+    bad = torch.tensor([0.0 if bool(torch.isfinite(value.detach()).all()) else 1.0], device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bool(bad.item() == 0)
+
+
 def barrier(device: torch.device) -> None:
     """A barrier that names the rank's GPU under NCCL (otherwise NCCL guesses a device and warns
     or hangs when ranks guessed differently)."""

@@ -32,6 +32,19 @@ def _split(logps: SeqLogps, sizes: Sequence[int]) -> list[SeqLogps]:
     return [SeqLogps(a, b) for a, b in zip(logps.logp.split(list(sizes)), logps.n_tokens.split(list(sizes)))]
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A NaN/inf loss: the step stops before its update, so the weights (and any checkpoint the
+    run writes from them) stay finite."""
+
+    def __init__(self, step: int, loss: float, example_ids: list[str]) -> None:
+        super().__init__(
+            f"step {step}: the loss is {loss} (micro-batch of examples {example_ids}); stopped before the "
+            "optimizer update, no checkpoint of these weights is written. Lower learner.learning_rate or "
+            "algo.beta, or check those examples"
+        )
+        self.step, self.loss = step, loss
+
+
 class PolicyLearner:
     """Policy (+ frozen reference for DPO) under DeepSpeed ZeRO 0-3."""
 
@@ -206,6 +219,8 @@ class PolicyLearner:
         tokens = 0
         for i in range(0, expected, mb):
             for loss, metrics, n in self._backward_passes(examples[i : i + mb]):
+                if not collectives.all_finite(loss, self.device):
+                    raise NonFiniteLossError(self.global_step + 1, float(loss), [e.id for e in examples[i : i + mb]])
                 self._begin_micro_batch()
                 # DeepSpeed divides by its accumulation steps, which count every pass.
                 self.engine.backward(loss * self.passes)
@@ -248,6 +263,49 @@ class PolicyLearner:
         """Save the (merged) policy as an HF folder with safetensors; collective under ZeRO-3."""
         from lcray.learner.checkpoint import write_hf_folder
 
-        state = self.export_state_dict()
-        if self.rank == 0:
-            write_hf_folder(state, self.model_path, self.tokenizer, out_dir)
+        buckets = self.weight_buckets()  # streamed: the whole model is never gathered at once
+        if self.rank != 0:
+            for _ in buckets:  # join every bucket's gather
+                pass
+            return
+        try:
+            write_hf_folder(
+                buckets,
+                self.model_path,
+                self.tokenizer,
+                out_dir,
+                overrides=model_setup.model_overrides(self.cfg, self.model_path),
+            )
+        finally:
+            for _ in buckets:  # a failed write must not leave the other ranks waiting in a gather
+                pass
+
+    def weight_buckets(self) -> Iterator[export.Bucket | None]:
+        """The policy's HF-named weights (LoRA merged) on CPU, one bucket of at most
+        rollout.sync_bucket_mb at a time: a list of (name, tensor) on rank 0, None on the others.
+        Collective under ZeRO-3: every rank drives it to the end, in step."""
+        return export.iter_buckets(
+            self.engine.module,
+            rank=self.rank,
+            zero_stage=self.zero_stage,
+            bucket_bytes=export.bucket_bytes(self.cfg.rollout.sync_bucket_mb),
+        )
+
+    @torch.no_grad()
+    def token_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Log-prob of every token but the first of each sequence under the current weights (the
+        learner's side of the stale-weight check, actors/weight_sync.py). A forward on every rank
+        under ZeRO-3, so all ranks get the same sequences. Eval mode: no dropout noise."""
+        module = self.engine.module
+        was_training = module.training
+        module.eval()
+        try:
+            out = []
+            for seq in sequences:
+                ids = torch.tensor([list(seq)], device=self.device)
+                logits = module(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+                logps = logits[0, :-1].float().log_softmax(-1)
+                out.append(logps.gather(-1, ids[0, 1:, None]).squeeze(-1).tolist())
+            return out
+        finally:
+            module.train(was_training)

@@ -211,6 +211,8 @@ class PreferenceTrainer:
                 step += 1
                 if self.samples_online and (step % cfg.rollout.sync_every == 0 or step == max_steps):
                     self.ensure_engines_current(rt, step)
+                # train/sync_logprob_gap_mean|max: the stale-weight check of the latest sync
+                metrics.update(rt.learners.pop_sync_metrics())
                 if step % cfg.logging.log_every == 0:
                     log.log(step, {**metrics, **stats})
                 log.advance(1, loss=metrics["loss"])

@@ -97,7 +97,9 @@ def test_resume_reproduces_next_losses(ray_local, tiny_model_dir, tmp_path, make
 
     resumed = LearnerGroup(cfg, total_steps=4)
     try:
-        assert resumed.load_checkpoint(cfg.ckpt.path) == {"cursor": 2}
+        state = resumed.load_checkpoint(cfg.ckpt.path)
+        assert state.pop("checkpoint") == str(tmp_path / "ckpt" / "step-00000002")  # it says what it loaded
+        assert state == {"cursor": 2}
         assert run(resumed, batches[2:]) == pytest.approx(uninterrupted, rel=1e-6, abs=1e-7)
     finally:
         resumed.shutdown()

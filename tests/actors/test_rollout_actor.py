@@ -38,6 +38,28 @@ def test_vllm_generates_samples_with_logprobs(vllm_pool, tiny_model_dir):
             assert all(lp <= 0 for lp in c.logprobs)
 
 
+def test_engines_get_their_own_seeds(vllm_pool):
+    """Engine i is seeded with seed + i (here 0 + i): two engines never share their noise."""
+    assert [ray.get(a.health.remote())["seed"] for a in vllm_pool.actors] == [0, 1]
+
+
+def test_reseeded_calls_replay_their_samples(vllm_pool):
+    """A per-call seed makes a rollout independent of what the engines sampled before: the same
+    call with the same seed gives the same samples (what a resumed run relies on), another seed
+    other ones, and every prompt still gets its own noise."""
+    hot = SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=8)
+    prompts = [[5, 6, 7, 8], [5, 6, 7, 8], [9, 10, 11], [12, 13]]
+
+    def tokens(seed):
+        return [[c.token_ids for c in r.completions] for r in vllm_pool.generate(prompts, hot, seed=seed)]
+
+    first = tokens(1234)
+    vllm_pool.generate(prompts, hot)  # unseeded calls in between move the generators on
+    assert tokens(1234) == first
+    assert tokens(99) != first
+    assert first[0] != first[1]  # same prompt, different samples
+
+
 def test_vllm_logprobs_match_transformers(vllm_pool, tiny_model_dir):
     """The engine's greedy tokens and their log-probs are those of the HF model (fp32)."""
     prompt = [11, 12, 13, 14, 15]

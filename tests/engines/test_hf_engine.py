@@ -39,3 +39,32 @@ def test_update_weights_checks_names(engine):
 def test_bad_sampling_is_rejected():
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0.0)
+
+
+def test_streamed_update_in_buckets_equals_one_update(tiny_model_dir, engine):
+    """begin / load_weight_bucket x N / finish gives the weights one full update gives, and a
+    stream that misses a tensor is refused at finish."""
+    torch.manual_seed(0)
+    state = {k: v + 0.01 * torch.randn_like(v) for k, v in engine.model.state_dict().items()}
+    items = list(state.items())
+    other = create_engine("transformers", str(tiny_model_dir))
+    other.update_weights(items)
+    engine.begin_weight_update()
+    for i in range(0, len(items), 3):
+        engine.load_weight_bucket(items[i : i + 3])
+    engine.finish_weight_update()
+    for k, v in other.model.state_dict().items():
+        assert torch.equal(engine.model.state_dict()[k], v), k
+    engine.begin_weight_update()
+    engine.load_weight_bucket(items[1:])
+    with pytest.raises(ValueError, match="missing"):
+        engine.finish_weight_update()
+
+
+def test_score_is_the_models_token_logprobs(engine):
+    seqs = [[5, 6, 7, 8, 9], [11, 12, 13]]
+    scores = engine.score(seqs)
+    for seq, got in zip(seqs, scores):
+        with torch.no_grad():
+            logps = engine.model(torch.tensor([seq])).logits[0, :-1].log_softmax(-1)
+        assert got == pytest.approx(logps.gather(-1, torch.tensor(seq[1:])[:, None]).squeeze(-1).tolist(), abs=1e-6)

@@ -37,13 +37,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--check-weight-source", action="store_true")
     p.add_argument("--save-hf", default=None, help="also save the trained policy as an HF folder here")
+    p.add_argument("--nan-beta-at", type=int, default=0, help="make the loss NaN from this step on (algo.beta=nan)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     cfg = load_config(None, [f"model.name_or_path={args.model}", "learner.learning_rate=0.001", *args.overrides])
     init_process_group(0, 1, "127.0.0.1", free_port())
     learner = PolicyLearner(cfg, total_steps=args.steps)
     batch = examples(learner.tokenizer, cfg.learner.train_batch_size)
-    metrics = [learner.train_step(batch) for _ in range(args.steps)]
+    metrics, error = [], None
+    for step in range(1, args.steps + 1):
+        if step == args.nan_beta_at:
+            learner.cfg.algo.beta = float("nan")
+        try:
+            metrics.append(learner.train_step(batch))
+        except FloatingPointError as e:
+            error = str(e)
+            break
     exported = learner.export_state_dict()
     if args.save_hf:
         learner.save_hf_model(args.save_hf)
@@ -78,6 +87,8 @@ def main() -> None:
                 "source_ok": source_ok,
                 "names_match": names_match,
                 "changed": changed,
+                "error": error,
+                "all_finite": all(bool(v.float().isfinite().all()) for v in exported.values()),
             }
         ),
         flush=True,

@@ -113,3 +113,13 @@ def test_staged_solo_ra_backward_takes_the_joint_steps(tiny_model_dir, stage, lo
     assert joint[-1]["solo_ra"] > 0
     for key in ("loss", "po_loss", "solo_ra", "rewards/short_long_gap", "grad_norm"):
         assert [m[key] for m in staged] == pytest.approx([m[key] for m in joint], rel=1e-4, abs=1e-6), key
+
+
+def test_nan_loss_stops_before_the_update(tiny_model_dir):
+    """A NaN loss at step 2 stops the run naming the step, before the optimizer touches the
+    weights: what is left (and what a checkpoint would hold) is still finite."""
+    out = run_steps(tiny_model_dir, "--nan-beta-at", "2", "algo.loss_type=simpo", "learner.train_batch_size=2")
+    assert len(out["metrics"]) == 1
+    assert out["error"].startswith("step 2: the loss is nan")
+    assert "no checkpoint of these weights is written" in out["error"]
+    assert out["all_finite"]
