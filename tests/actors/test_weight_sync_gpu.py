@@ -8,7 +8,14 @@ from lcray.config import load_config
 from lcray.engines import SamplingConfig
 
 
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 @pytest.mark.gpu
+@pytest.mark.skipif(_gpus() < 2, reason="needs 2 GPUs: NCCL cannot put the learner and the engine on one device")
 def test_nccl_sync_changes_engine_output(ray_local, tiny_model_dir, tmp_path, make_examples):
     cfg = load_config(
         None,
