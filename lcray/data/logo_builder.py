@@ -153,7 +153,7 @@ def build_logo_shard(
 ) -> tuple[list[PreferenceExample], dict]:
     """LOGO examples for a batch of records, plus stats (counts, skip reasons, lengths).
 
-    rollout: anything with generate(prompts, SamplingConfig) -> list[GenerationResult]
+    rollout: anything with generate(prompts, SamplingConfig, seed=...) -> list[GenerationResult]
     (RolloutPool); scorers: anything with score_chunks(items) -> list[list[float]] (ScorerPool).
     cfg: an LcrayConfig (data.chunk_tokens, data.target_len, algo.logo.num_negatives, logo_data).
     Chunk selection and position ids are deterministic in (shard_seed, record ids); the answers
@@ -186,7 +186,9 @@ def build_logo_shard(
     # No sampling seed: SamplingConfig's seed is per call, so every request would replay the same
     # noise and the chosen / rejected answers (and answers of different records) would be coupled
     # -- with a near-flat model they come out identical. The engine's own RNG is independent per
-    # request; shard_seed still fixes every choice made here (chunks, position ids).
+    # request. Instead each engine's generator is reseeded from shard_seed before the shard's
+    # answers are sampled, so a build killed between shards and restarted writes the same shards
+    # an unbroken one would; shard_seed also fixes every choice made here (chunks, position ids).
     sampling = SamplingConfig(
         n=1,
         temperature=ld.generation_temperature,
@@ -194,7 +196,7 @@ def build_logo_shard(
         max_new_tokens=ld.max_new_tokens,
         seed=None,
     )
-    results = rollout.generate(prompts, sampling) if prompts else []
+    results = rollout.generate(prompts, sampling, seed=shard_seed) if prompts else []
     if len(results) != len(prompts):
         raise RuntimeError(f"rollout returned {len(results)} results for {len(prompts)} prompts")
 

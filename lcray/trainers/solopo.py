@@ -14,7 +14,7 @@ from typing import Any
 
 from lcray.config import LcrayConfig
 from lcray.data.qa_prompts import load_qa_records, make_pairs, pair_from_row, warn_duplicate_ids
-from lcray.data.records import DataError, read_rows
+from lcray.data.records import DataError, read_rows, stable_seed
 from lcray.data.schema import PreferenceExample
 from lcray.engines import SamplingConfig
 from lcray.runtime import Runtime
@@ -40,6 +40,7 @@ class SoLoPOTrainer(PreferenceTrainer):
         self.counters = {"prompts": 0, "prompts_with_pair": 0, "pairs": 0, "samples": 0}
         self.buffer: list[PreferenceExample] = []
         self._prefetch: Future | None = None
+        self._prefetched: tuple[list[PreferenceExample], dict[str, float]] | None = None  # restored
         self._pool = ThreadPoolExecutor(max_workers=1) if cfg.rollout.overlap and self.online else None
         if self.online:
             self.prompts = self.qa_prompts(load_qa_records(cfg.data, "train"), "train")
@@ -75,8 +76,9 @@ class SoLoPOTrainer(PreferenceTrainer):
         r = self.cfg.rollout
         batch = self.take(self.prompts, self.cfg.solopo.prompts_per_iteration)
         self.iteration += 1
-        # No per-call seed: vLLM would give every prompt of the call the same noise (and its CPU
-        # sampler rejects seeded batches); the engines are seeded once with rollout.seed.
+        # No per-request seed (vLLM would give every prompt of the call the same noise, and its CPU
+        # sampler rejects seeded batches): each engine's generator is reseeded per iteration from
+        # (rollout.seed, iteration, engine), so a resumed run samples what an unbroken one would.
         sampling = SamplingConfig(
             n=r.n_samples_per_prompt,
             temperature=r.temperature,
@@ -85,7 +87,8 @@ class SoLoPOTrainer(PreferenceTrainer):
             stop=tuple(r.stop),
         )
         start = time.perf_counter()
-        results = rt.rollout.generate([p.short_ids for p in batch], sampling)
+        seed = stable_seed("lcray.rollout", r.seed, self.iteration)
+        results = rt.rollout.generate([p.short_ids for p in batch], sampling, seed=seed)
         gen_time = time.perf_counter() - start
         k = r.n_samples_per_prompt
         texts = [c.text for res in results for c in res.completions]
@@ -129,7 +132,10 @@ class SoLoPOTrainer(PreferenceTrainer):
         stats: dict[str, float] = {}
         barren = 0
         while len(self.buffer) < batch_size:
-            pairs, stats = self._prefetch.result() if self._prefetch else self.collect_iteration(rt)
+            if self._prefetched is not None:  # the in-flight rollout a checkpoint saved
+                (pairs, stats), self._prefetched = self._prefetched, None
+            else:
+                pairs, stats = self._prefetch.result() if self._prefetch else self.collect_iteration(rt)
             self._prefetch = None
             self.buffer.extend(pairs)
             barren = 0 if pairs else barren + 1
@@ -151,9 +157,23 @@ class SoLoPOTrainer(PreferenceTrainer):
             self._pool.shutdown(wait=True)
 
     def state(self) -> dict:
-        # Pairs buffered at save time are not saved: the resumed run samples afresh.
-        return {**super().state(), "iteration": self.iteration}
+        """Everything the next steps depend on, so a resumed run trains on exactly the pairs an
+        unbroken one would: the buffered pairs, and the rollout in flight (waited for here, so the
+        prefetch thread cannot move the cursor while it is read)."""
+        prefetched = self._prefetched
+        if self._prefetch is not None:
+            prefetched, self._prefetch = self._prefetch.result(), None
+            self._prefetched = prefetched
+        return {
+            **super().state(),
+            "iteration": self.iteration,
+            "buffer": [e.to_row() for e in self.buffer],
+            "prefetched": None if prefetched is None else [[e.to_row() for e in prefetched[0]], prefetched[1]],
+        }
 
     def restore(self, state: dict) -> None:
         super().restore(state)
         self.iteration = state["iteration"]
+        self.buffer = [PreferenceExample.from_row(r) for r in state.get("buffer", [])]
+        saved = state.get("prefetched")
+        self._prefetched = None if saved is None else ([PreferenceExample.from_row(r) for r in saved[0]], saved[1])
