@@ -7,6 +7,7 @@ import pickle
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from lcray.learner.rng_state import load_rng_state, save_rng_state
@@ -48,3 +49,16 @@ def test_a_planted_pickle_is_never_loaded(tmp_path):
 def test_missing_rank_is_reported_not_guessed(tmp_path):
     save_rng_state(tmp_path, rank=0)
     assert load_rng_state(tmp_path, rank=1) is False
+
+
+@pytest.mark.gpu
+def test_cuda_generators_round_trip(tmp_path):
+    """Checkpoints hold every CUDA device's generator next to the CPU ones (run where CUDA is)."""
+    torch.cuda.manual_seed_all(7)
+    torch.rand(3, device="cuda")
+    save_rng_state(tmp_path, rank=0)
+    expected = torch.rand(5, device="cuda").tolist()
+    torch.cuda.manual_seed_all(123)  # scramble
+    assert load_rng_state(tmp_path, rank=0)
+    assert torch.rand(5, device="cuda").tolist() == expected
+    assert json.loads((tmp_path / "rng_rank0.json").read_text())["cuda_devices"] == torch.cuda.device_count()
