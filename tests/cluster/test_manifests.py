@@ -2,9 +2,12 @@
 
 Nothing here talks to a cluster. The manifests are parsed with yaml.safe_load_all and checked
 against a table of the KubeRay ray.io/v1 CRD fields (ray-operator/apis/ray/v1/*_types.go: a field
-without `omitempty` is required by the CRD's OpenAPI schema), against pyproject.toml's pins, and
-against the recipes they run (config loads, paths on the PVC, custom resources and placement fit
-the nodes the manifest declares).
+without `omitempty` is required by the CRD's OpenAPI schema) and of the core Kubernetes kinds used
+here (Secret, NetworkPolicy), against pyproject.toml's pins, and against the recipes they run
+(config loads, paths on the PVC, custom resources and placement fit the nodes the manifest
+declares). The security settings are checked too: hardened securityContext on every container,
+Ray token auth from the Secret in every Ray container, and the NetworkPolicies, evaluated on the
+labels KubeRay gives the pods.
 """
 
 from __future__ import annotations
@@ -102,6 +105,30 @@ SCHEMA = {
             "labels",
         },
     },
+    "AuthOptions": {  # raycluster_types.go, KubeRay >= 1.6.0 (secretName)
+        "required": ["mode", "secretName"],  # ours: token auth with our Secret, not an operator-made one
+        "known": {"mode", "secretName", "enableK8sTokenAuth"},
+    },
+    "SubmitterPodTemplate": {  # a corev1.PodTemplateSpec
+        "required": [
+            "spec.containers",
+            "spec.restartPolicy",
+        ],  # restartPolicy: ours (a Job's pod needs Never/OnFailure)
+        "known": {"metadata", "spec"},
+    },
+    # ---- core Kubernetes kinds (k8s.io/api: core/v1/types.go, networking/v1/types.go)
+    "Secret": {
+        "required": ["apiVersion", "kind", "metadata.name", "type", "stringData"],  # stringData: ours (a template)
+        "known": {"apiVersion", "kind", "metadata", "type", "data", "stringData", "immutable"},
+    },
+    "NetworkPolicySpec": {
+        "required": ["podSelector", "policyTypes", "ingress"],  # policyTypes, ingress: ours (explicit)
+        "known": {"podSelector", "policyTypes", "ingress", "egress"},
+    },
+    "NetworkPolicyIngressRule": {"required": ["from"], "known": {"from", "ports"}},  # from: ours (never "anyone")
+    "NetworkPolicyPeer": {"required": [], "known": {"podSelector", "namespaceSelector", "ipBlock"}},
+    "NetworkPolicyPort": {"required": ["protocol", "port"], "known": {"protocol", "port", "endPort"}},
+    "LabelSelector": {"required": [], "known": {"matchLabels", "matchExpressions"}},
     "RayJobSpec": {
         # the CRD itself requires none; a RayJob without these would not run lcray or would leak GPUs
         "required": [
@@ -183,6 +210,8 @@ def _objects(kind: str) -> list[tuple[str, dict]]:
 
 RAY_CLUSTERS = _objects("RayCluster")
 RAY_JOBS = _objects("RayJob")
+NETWORK_POLICIES = _objects("NetworkPolicy")
+SECRETS = _objects("Secret")
 # Every RayClusterSpec: the RayCluster's spec and each RayJob's rayClusterSpec.
 CLUSTER_SPECS = [(label, d["spec"]) for label, d in RAY_CLUSTERS] + [
     (label, d["spec"]["rayClusterSpec"]) for label, d in RAY_JOBS if "rayClusterSpec" in d["spec"]
@@ -195,7 +224,15 @@ def _groups(spec: dict) -> list[tuple[str, dict]]:
 
 
 RAY_PODS = [(f"{label}/{group}", g["template"]["spec"]) for label, spec in CLUSTER_SPECS for group, g in _groups(spec)]
-ALL_PODS = RAY_PODS + [(label, d["spec"]) for label, d in _objects("Pod")]
+SUBMITTER_PODS = [
+    (f"{label}/submitter", d["spec"]["submitterPodTemplate"]["spec"])
+    for label, d in RAY_JOBS
+    if "submitterPodTemplate" in d["spec"]
+]
+ALL_PODS = RAY_PODS + SUBMITTER_PODS + [(label, d["spec"]) for label, d in _objects("Pod")]
+# Every container that runs Ray (a node or a Ray client): each Ray pod's Ray container (KubeRay:
+# containers[0]) and each RayJob submitter's.
+RAY_CONTAINERS = [(label, pod["containers"][0]) for label, pod in RAY_PODS + SUBMITTER_PODS]
 
 
 def _ids(params: list[tuple[str, object]]) -> list[str]:
@@ -249,6 +286,9 @@ def test_cluster_folder_has_the_expected_files():
     assert kinds["raycluster.yaml"] == ["RayCluster"]
     assert kinds["rayjob-solopo.yaml"] == kinds["rayjob-logo.yaml"] == ["RayJob"]
     assert kinds["pvc.yaml"] == ["PersistentVolumeClaim"]
+    assert kinds["data-loader.yaml"] == ["Pod"]
+    assert kinds["ray-auth-secret.yaml"] == ["Secret"]
+    assert kinds["networkpolicy.yaml"] == ["NetworkPolicy"]
     assert kinds["runtime_env.yaml"] == [None]  # a Ray runtime env, not a Kubernetes object
     for name in ("Dockerfile", "README.md"):
         assert (CLUSTER / name).is_file(), name
@@ -263,7 +303,9 @@ def test_every_yaml_parses_and_k8s_objects_are_named(path):
         assert isinstance(doc, dict), f"{path.name}: a document is a {type(doc).__name__}, not a mapping"
         if path.name == "runtime_env.yaml":
             continue
-        assert {"apiVersion", "kind", "metadata", "spec"} <= set(doc), f"{path.name}: {sorted(doc)}"
+        # a Secret carries its payload in data/stringData, every other kind here a spec
+        body = {"data", "stringData"} & set(doc) if doc.get("kind") == "Secret" else {"spec"} & set(doc)
+        assert {"apiVersion", "kind", "metadata"} <= set(doc) and body, f"{path.name}: {sorted(doc)}"
         assert DNS1123.fullmatch(doc["metadata"]["name"]), doc["metadata"]["name"]
 
 
@@ -336,7 +378,7 @@ def test_pvc_is_shared_read_write_many():
     claims = {
         v["persistentVolumeClaim"]["claimName"]
         for _, pod in ALL_PODS
-        for v in pod["volumes"]
+        for v in pod.get("volumes", [])  # the RayJob submitters mount nothing
         if "persistentVolumeClaim" in v
     }
     assert claims == {PVC_NAME}
@@ -557,3 +599,337 @@ def test_runtime_envs_let_the_lcray_driver_join(label, env):
         f'{label}: env_vars {sorted(shared)} are also set by lcray\'s driver; add RAY_OVERRIDE_JOB_RUNTIME_ENV: "1"'
     )
     assert env_vars.get("RAY_OVERRIDE_JOB_RUNTIME_ENV") == "1"  # keep it, so adding a shared key stays safe
+
+
+# ----------------------------------------------------------------------------- security: pods
+def _dockerfile_user() -> tuple[int, int]:
+    """(uid, gid) of the image's last `USER uid:gid`, the user every pod runs as."""
+    users = [ln.split()[1] for ln in _DOCKER_LINES if ln.startswith("USER")]
+    m = re.fullmatch(r"(\d+):(\d+)", users[-1]) if users else None
+    assert m, f"the Dockerfile must end as a numeric non-root USER uid:gid (runAsNonRoot checks it), got {users}"
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_dockerfile_creates_and_switches_to_the_non_root_user():
+    uid, gid = _dockerfile_user()
+    assert uid != 0 and gid != 0
+    runs = " ".join(ln for ln in _DOCKER_LINES if ln.startswith("RUN"))
+    # the user is created where the base lacks it, with exactly these ids, and loses passwordless sudo
+    assert re.search(rf"useradd\b[^;&|]*--uid {uid}\b[^;&|]*--gid {gid}\b", runs), "no useradd with the pods' ids"
+    assert f'= "{uid}:{gid}"' in runs, "the build must fail when the user's ids differ from the manifests'"
+    assert re.search(r"/etc/sudoers", runs)
+    # what the pods write is owned by it: /app (the code, COPY) and /data (mount point + caches)
+    chown = re.search(rf"chown -R {uid}:{gid} ([^;&|]*)", runs)
+    assert chown and {"/app", "/data"} <= set(chown.group(1).split()), chown
+    copies = [ln.split() for ln in _DOCKER_LINES if ln.startswith("COPY")]
+    assert any(f"--chown={uid}:{gid}" in parts and parts[-1] == "/app" for parts in copies), copies
+    # nothing after the last USER switches back to root
+    last_user = max(i for i, ln in enumerate(_DOCKER_LINES) if ln.startswith("USER"))
+    assert all(i <= last_user for i, ln in enumerate(_DOCKER_LINES) if ln.startswith("USER"))
+    env_dirs = re.findall(r"TORCH_EXTENSIONS_DIR=(\S+)", DOCKERFILE)
+    assert env_dirs and all(d.startswith("/data/") for d in env_dirs), env_dirs  # a cache the user can write
+
+
+def _containers(pod: dict) -> list[dict]:
+    return pod.get("initContainers", []) + pod["containers"]
+
+
+@pytest.mark.parametrize("label, pod", ALL_PODS, ids=_ids(ALL_PODS))
+def test_every_container_runs_hardened(label, pod):
+    """Pod and container securityContext: the image's non-root user, no privilege escalation, no
+    capabilities, the runtime's default seccomp profile (what the `restricted` Pod Security
+    Standard asks; KubeRay copies the Ray container's securityContext into the init container it adds)."""
+    uid, gid = _dockerfile_user()
+    psc = pod.get("securityContext") or {}
+    assert psc.get("runAsNonRoot") is True, (label, psc)
+    assert (psc.get("runAsUser"), psc.get("runAsGroup"), psc.get("fsGroup")) == (uid, gid, gid), (label, psc)
+    assert psc.get("seccompProfile") == {"type": "RuntimeDefault"}, (label, psc)
+    for c in _containers(pod):
+        sc = c.get("securityContext") or {}
+        where = f"{label}/{c.get('name')}"
+        assert sc.get("runAsNonRoot") is True, (where, sc)
+        assert sc.get("runAsUser", uid) == uid and sc.get("runAsGroup", gid) == gid, (where, sc)
+        assert sc.get("allowPrivilegeEscalation") is False, (where, sc)
+        assert sc.get("privileged", False) is False, (where, sc)
+        assert sc.get("capabilities") == {"drop": ["ALL"]}, (where, sc)  # nothing added back
+        assert sc.get("seccompProfile") == {"type": "RuntimeDefault"}, (where, sc)
+        assert not any("hostPort" in p for p in c.get("ports", [])), (where, c.get("ports"))
+
+
+# volume types the `restricted` Pod Security Standard allows
+_RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+@pytest.mark.parametrize("label, pod", ALL_PODS, ids=_ids(ALL_PODS))
+def test_pods_use_no_host_namespaces_or_host_volumes(label, pod):
+    assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), label
+    for v in pod.get("volumes", []):
+        kinds = set(v) - {"name"}
+        assert kinds <= _RESTRICTED_VOLUMES, f"{label}: volume {v['name']} is {sorted(kinds)}"
+
+
+# ----------------------------------------------------------------------------- security: Ray token auth
+(SECRET,) = [d for _, d in SECRETS]
+SECRET_NAME = SECRET["metadata"]["name"]
+TOKEN_KEY = "auth_token"  # the key KubeRay's authOptions.secretName reads (utils.RAY_AUTH_TOKEN_SECRET_KEY)
+
+
+def test_auth_secret_is_a_template_with_the_key_kuberay_reads():
+    assert not _schema_errors(SECRET, "Secret"), _schema_errors(SECRET, "Secret")
+    assert SECRET["apiVersion"] == "v1" and SECRET["type"] == "Opaque"
+    assert SECRET_NAME == "lcray-ray-auth"
+    assert set(SECRET["stringData"]) == {TOKEN_KEY} and "data" not in SECRET
+    # a placeholder, never a real token in the repository
+    assert "REPLACE" in SECRET["stringData"][TOKEN_KEY]
+    readme = (CLUSTER / "README.md").read_text(encoding="utf-8")
+    create = re.search(rf"kubectl create secret generic {SECRET_NAME} --from-literal={TOKEN_KEY}=(\S+)", readme)
+    assert create and "openssl rand" in readme[create.start() : create.end() + 40], "README: no kubectl create secret"
+
+
+@pytest.mark.parametrize("label, container", RAY_CONTAINERS, ids=_ids(RAY_CONTAINERS))
+def test_every_ray_container_has_token_auth_from_the_secret(label, container):
+    env = container.get("env", [])
+    names = [e["name"] for e in env]
+    assert names.count("RAY_AUTH_MODE") == names.count("RAY_AUTH_TOKEN") == 1, (label, names)
+    by_name = {e["name"]: e for e in env}
+    assert by_name["RAY_AUTH_MODE"] == {"name": "RAY_AUTH_MODE", "value": "token"}, by_name["RAY_AUTH_MODE"]
+    token = by_name["RAY_AUTH_TOKEN"]
+    assert "value" not in token, f"{label}: the token must come from the Secret, not be written in the manifest"
+    assert token["valueFrom"] == {"secretKeyRef": {"name": SECRET_NAME, "key": TOKEN_KEY}}, token
+    assert "RAY_AUTH_TOKEN_PATH" not in names  # RAY_AUTH_TOKEN wins anyway; one source, no ambiguity
+
+
+@pytest.mark.parametrize("label, spec", CLUSTER_SPECS, ids=_ids(CLUSTER_SPECS))
+def test_the_operator_gets_the_same_token(label, spec):
+    """authOptions.secretName: KubeRay (>= 1.6.0) reads the token from our Secret for its own
+    dashboard client (it polls RayJob status) instead of generating another token."""
+    auth = spec.get("authOptions")
+    assert auth, f"{label}: no authOptions"
+    assert not _schema_errors(auth, "AuthOptions"), _schema_errors(auth, "AuthOptions")
+    assert auth == {"mode": "token", "secretName": SECRET_NAME}, auth
+
+
+@pytest.mark.parametrize("label, job", RAY_JOBS, ids=_ids(RAY_JOBS))
+def test_rayjob_submitter_is_labelled_and_left_to_kuberay(label, job):
+    """The submitter pod template exists so that it gets the token, the hardening and the client
+    label the NetworkPolicy admits; its command is KubeRay's (`ray job submit` + the entrypoint)."""
+    tpl = job["spec"].get("submitterPodTemplate")
+    assert tpl, f"{label}: without submitterPodTemplate KubeRay's default submitter has no token"
+    assert not _schema_errors(tpl, "SubmitterPodTemplate"), _schema_errors(tpl, "SubmitterPodTemplate")
+    assert tpl["spec"]["restartPolicy"] == "Never"
+    assert tpl["metadata"]["labels"] == {"lcray/ray-client": "true"}
+    (container,) = tpl["spec"]["containers"]
+    assert "command" not in container and "args" not in container  # KubeRay fills in `ray job submit ...`
+
+
+@pytest.mark.parametrize("label, env", RUNTIME_ENVS, ids=_ids(RUNTIME_ENVS))
+def test_no_runtime_env_carries_the_token(label, env):
+    """A job's runtime env is stored in the GCS and shown by the job API / dashboard in clear."""
+    assert not {k for k in env.get("env_vars", {}) if k.startswith("RAY_AUTH")}, env
+
+
+_DISABLE_AUTH = re.compile(r"RAY_AUTH_MODE\s*[=:]\s*[\"']?disabled", re.IGNORECASE)
+
+
+def _text_files() -> list[Path]:
+    return [REPO / "README.md"] + sorted(p for p in CLUSTER.iterdir() if p.is_file())
+
+
+@pytest.mark.parametrize("path", _text_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_nothing_tells_users_to_disable_auth(path):
+    text = path.read_text(encoding="utf-8")
+    hits = [ln.strip() for ln in text.splitlines() if _DISABLE_AUTH.search(ln)]
+    assert not hits, f"{path.relative_to(REPO)} tells users to turn Ray token auth off: {hits}"
+    if path.suffix == ".yaml":
+        for doc in _load(path):
+            for env in _walk_env(doc):
+                if env.get("name") == "RAY_AUTH_MODE":
+                    assert env.get("value") == "token", (path.name, env)
+            for auth in _walk_key(doc, "authOptions"):
+                assert auth.get("mode") == "token", (path.name, auth)
+
+
+def _walk_key(obj, key: str):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == key:
+                yield v
+            yield from _walk_key(v, key)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk_key(v, key)
+
+
+def _walk_env(obj):
+    for env_list in _walk_key(obj, "env"):
+        yield from (e for e in env_list if isinstance(e, dict))
+
+
+# ----------------------------------------------------------------------------- security: NetworkPolicy
+NAMESPACE = "lcray-ns"  # the manifests name none: everything lands in the namespace they are applied to
+CLIENT_LABEL = {"lcray/ray-client": "true"}
+HEAD_PORTS = {("TCP", 8265), ("TCP", 10001), ("TCP", 6379)}  # dashboard / job API, Ray client, GCS
+OPERATOR_PORTS = {("TCP", 8265)}  # the KubeRay operator polls a RayJob's status on the dashboard
+ALL = "all ports"
+
+
+def _ray_cluster_pods(kind: str, name: str, spec: dict) -> list[tuple[str, dict]]:
+    """(group, labels) of the pods KubeRay creates for a RayClusterSpec: the template's labels plus
+    its own (common/pod.go labelPod; ray.io/cluster, ray.io/node-type, ray.io/group cannot be
+    overridden). A RayJob's cluster is named <job>-<5 random characters>."""
+    cluster = name if kind == "RayCluster" else f"{name}-q7x2k"
+    pods = []
+    for group, g in _groups(spec):
+        labels = {"app.kubernetes.io/name": "kuberay", **((g["template"].get("metadata") or {}).get("labels") or {})}
+        labels.update(
+            {
+                "ray.io/cluster": cluster,
+                "ray.io/node-type": "head" if group == "head" else "worker",
+                "ray.io/group": "headgroup" if group == "head" else group,
+                "ray.io/is-ray-node": "yes",
+                "app.kubernetes.io/created-by": "kuberay-operator",
+            }
+        )
+        pods.append((group, labels))
+    return pods
+
+
+CLUSTER_PODS = {
+    label: _ray_cluster_pods(
+        d["kind"], d["metadata"]["name"], d["spec"] if d["kind"] == "RayCluster" else d["spec"]["rayClusterSpec"]
+    )
+    for label, d in RAY_CLUSTERS + RAY_JOBS
+}
+
+
+def _selector_matches(selector: dict, labels: dict) -> bool:
+    """A metav1.LabelSelector; {} matches everything."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _peer_matches(peer_rule: dict, namespace: str, ns_labels: dict, labels: dict) -> bool:
+    """A NetworkPolicyPeer: podSelector alone = pods of the policy's namespace; namespaceSelector
+    (with or without podSelector) = pods of the namespaces it selects; ipBlock is not modelled."""
+    if "ipBlock" in peer_rule:
+        return False
+    if "namespaceSelector" in peer_rule:
+        ns_ok = _selector_matches(peer_rule["namespaceSelector"], ns_labels)
+    else:
+        ns_ok = namespace == NAMESPACE
+    return ns_ok and _selector_matches(peer_rule.get("podSelector") or {}, labels)
+
+
+def _selecting(pod_labels: dict) -> list[dict]:
+    return [
+        d
+        for _, d in NETWORK_POLICIES
+        if "Ingress" in d["spec"].get("policyTypes", ["Ingress"])
+        and _selector_matches(d["spec"]["podSelector"], pod_labels)
+    ]
+
+
+def allowed_ingress(pod_labels: dict, namespace: str, peer_labels: dict, ns_labels: dict | None = None):
+    """The (protocol, port)s a peer may open on the pod (ALL = any port), per Kubernetes'
+    NetworkPolicy semantics: a pod no policy selects is open; otherwise the union of the rules of
+    the policies that select it, a rule without `from` admitting any peer, without `ports` any port."""
+    policies = _selecting(pod_labels)
+    if not policies:
+        return ALL
+    ns_labels = ns_labels if ns_labels is not None else {"kubernetes.io/metadata.name": namespace}
+    ports: set[tuple[str, int]] = set()
+    for policy in policies:
+        for rule in policy["spec"].get("ingress") or []:
+            peers = rule.get("from")
+            if peers and not any(_peer_matches(p, namespace, ns_labels, peer_labels) for p in peers):
+                continue
+            if not rule.get("ports"):
+                return ALL
+            ports |= {(p.get("protocol", "TCP"), p["port"]) for p in rule["ports"]}
+    return ports
+
+
+@pytest.mark.parametrize("label, policy", NETWORK_POLICIES, ids=_ids(NETWORK_POLICIES))
+def test_network_policy_matches_the_schema(label, policy):
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    spec = policy["spec"]
+    errors = _schema_errors(spec, "NetworkPolicySpec") + _schema_errors(spec["podSelector"], "LabelSelector")
+    assert spec["policyTypes"] == ["Ingress"], spec["policyTypes"]
+    for rule in spec["ingress"]:
+        errors += _schema_errors(rule, "NetworkPolicyIngressRule")
+        for peer in rule["from"]:
+            errors += _schema_errors(peer, "NetworkPolicyPeer")
+            assert peer and "ipBlock" not in peer, peer  # by label only, never by address
+            for sel in (peer.get("podSelector"), peer.get("namespaceSelector")):
+                if sel is not None:
+                    errors += _schema_errors(sel, "LabelSelector")
+                    # label values are strings: `true` unquoted is a YAML bool the API server rejects
+                    assert all(isinstance(v, str) for v in (sel.get("matchLabels") or {}).values()), sel
+        for port in rule.get("ports", []):
+            errors += _schema_errors(port, "NetworkPolicyPort")
+            assert port["protocol"] == "TCP" and isinstance(port["port"], int) and "endPort" not in port, port
+    assert all(isinstance(v, str) for v in (spec["podSelector"].get("matchLabels") or {}).values())
+    assert not errors, errors
+    # it selects pods of some lcray Ray cluster (a misspelt label would select nothing, silently)
+    assert any(_selector_matches(spec["podSelector"], lb) for pods in CLUSTER_PODS.values() for _, lb in pods), label
+
+
+@pytest.mark.parametrize("label", sorted(CLUSTER_PODS))
+def test_network_policy_lets_in_only_the_cluster_and_labelled_clients(label):
+    pods = CLUSTER_PODS[label]
+    (head,) = [lb for group, lb in pods if group == "head"]
+    workers = [lb for group, lb in pods if group != "head"]
+    for group, lb in pods:
+        assert _selecting(lb), f"{label}/{group}: no NetworkPolicy selects it, every pod may reach it"
+    # the cluster's own pods: everything, both ways (GCS, raylets, object transfer, NCCL)
+    for _, target in pods:
+        for _, source in pods:
+            assert allowed_ingress(target, NAMESPACE, source) == ALL
+    # labelled clients (the RayJob submitters): the head's three ports, nothing on the workers
+    assert allowed_ingress(head, NAMESPACE, CLIENT_LABEL) == HEAD_PORTS
+    # the KubeRay operator, from its own namespace: the dashboard only
+    operator = {"app.kubernetes.io/name": "kuberay-operator", "app.kubernetes.io/component": "kuberay-operator"}
+    assert allowed_ingress(head, "kuberay-system", operator) == OPERATOR_PORTS
+    for worker in workers:
+        assert allowed_ingress(worker, NAMESPACE, CLIENT_LABEL) == set()
+        assert allowed_ingress(worker, "kuberay-system", operator) == set()
+    # everyone else: nothing, anywhere
+    outsiders = [
+        (NAMESPACE, {"app": "something-else"}),
+        (NAMESPACE, {}),
+        ("other-ns", CLIENT_LABEL),  # a "client" of another namespace
+        (NAMESPACE, {"ray.io/cluster": "another", "ray.io/node-type": "head", "lcray/cluster": "another"}),
+    ]
+    # ... including the pods of the OTHER lcray clusters
+    outsiders += [
+        (NAMESPACE, lb) for other, other_pods in CLUSTER_PODS.items() if other != label for _, lb in other_pods
+    ]
+    for _, target in pods:
+        for namespace, source in outsiders:
+            assert allowed_ingress(target, namespace, source) == set(), (label, target, namespace, source)
+
+
+def test_network_policy_evaluator_knows_an_open_pod():
+    """The evaluator itself: a pod no policy selects is open to everyone (what the tests above rule out)."""
+    assert allowed_ingress({"app": "unrelated"}, NAMESPACE, {}) == ALL
+    assert allowed_ingress(CLUSTER_PODS[sorted(CLUSTER_PODS)[0]][0][1], NAMESPACE, {}) == set()
