@@ -55,11 +55,12 @@ def _solopo_args(model, qa, out, overlap):
         "placement.cpus_per_engine=1",
         "algo.loss_type=simpo",
         "algo.solo_ra.alpha=1.0",
-        "solopo.prompts_per_iteration=4",
+        "solopo.prompts_per_iteration=2",  # <= 2 pairs an iteration: every step after the resume samples anew
         "eval.num_prompts=0",
         "trainer.eval_before=false",
         "trainer.max_steps=4",
         "ckpt.save_steps=2",
+        "ckpt.resume=true",  # the demo config turns it off
         "logging.progress_bar=false",
         f"trainer.output_dir={out}",
         f"ckpt.path={out}/ckpt",
@@ -89,6 +90,7 @@ def _logo_args(model, out):
         "eval.num_prompts=0",
         "trainer.eval_before=false",
         "trainer.max_steps=3",
+        "ckpt.resume=true",
         "logging.progress_bar=false",
         f"trainer.output_dir={out}",
         f"ckpt.path={out}/ckpt",
@@ -96,8 +98,9 @@ def _logo_args(model, out):
     ]
 
 
-def _run(args, *, kill_when=None, timeout=600) -> None:
-    """Run a recipe to the end, or SIGKILL its whole process group once kill_when() is true."""
+def _run(args, *, kill_when=None, timeout=600) -> str:
+    """Run a recipe to the end (returns its output), or SIGKILL its whole process group once
+    kill_when() is true."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
     proc = subprocess.Popen(
@@ -110,12 +113,13 @@ def _run(args, *, kill_when=None, timeout=600) -> None:
             if kill_when is not None and kill_when():
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=60)
-                return
+                return ""
             time.sleep(0.2)
         out = proc.stdout.read()
         assert proc.poll() is not None, f"timed out: {out[-3000:]}"
         assert kill_when is None, f"finished before the kill point: {out[-3000:]}"
         assert proc.returncode == 0, out[-5000:]
+        return out
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -138,7 +142,8 @@ def test_online_solopo_resumes_bit_for_bit(tiny_model_dir, qa_files, tmp_path, o
     # Killed after the step-2 checkpoint, while step 3 (and with overlap, the next rollout) runs.
     _run(_solopo_args(tiny_model_dir, qa_files, broken, overlap), kill_when=latest.is_file)
     assert not (broken / "final_model").exists()
-    _run(_solopo_args(tiny_model_dir, qa_files, broken, overlap))
+    out = _run(_solopo_args(tiny_model_dir, qa_files, broken, overlap))
+    assert f"resumed from {broken / 'ckpt' / 'step-00000002'} (step 2)" in out  # not a fresh start
     assert _max_diff(_weights(whole), _weights(broken)) <= 1e-6
 
 
