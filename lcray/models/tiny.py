@@ -168,6 +168,7 @@ def build_tiny_model(
     max_position_embeddings: int = 65536,
     rope_theta: float = 1e6,
     seed: int = 0,
+    tie_word_embeddings: bool = False,
 ) -> Path:
     """Build (or reuse) a random LlamaForCausalLM + tokenizer HF folder at `out_dir`."""
     spec = dict(
@@ -183,6 +184,7 @@ def build_tiny_model(
         max_position_embeddings=max_position_embeddings,
         rope_theta=float(rope_theta),
         seed=seed,
+        **({"tie_word_embeddings": True} if tie_word_embeddings else {}),  # absent: old caches stay valid
     )
 
     def build(tmp: Path) -> None:
@@ -204,7 +206,7 @@ def build_tiny_model(
             bos_token_id=ids["<|im_start|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|pad|>"],
-            tie_word_embeddings=False,
+            tie_word_embeddings=tie_word_embeddings,
             dtype="float32",
         )
         # Seed a private generator state so the weights depend on `seed` only, and restore the
