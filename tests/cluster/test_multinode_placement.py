@@ -38,8 +38,8 @@ def clusters(request):
     import ray
     from ray.cluster_utils import Cluster
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_AUTH_MODE", "disabled")  # a loopback test cluster (docs/architecture.md)
+    # Token auth stays as the rest of the suite has it: Ray caches the auth mode per process, so a
+    # module that switched it off would leave every later ray.init unable to reach its own GCS.
     current: dict = {}
 
     def stop() -> None:
@@ -64,7 +64,6 @@ def clusters(request):
         current.update(name=name, ids=ids)
         return ids
 
-    request.addfinalizer(mp.undo)
     request.addfinalizer(stop)
     return start
 
