@@ -11,24 +11,18 @@ the options the trainer gives RolloutActor and LearnerActor; Ray assigns fake GP
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from lcray.actors.placement import create_placement_groups, plan_placement
 from lcray.config import load_config
+from lcray.learner.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TWO_NODE = REPO / "recipes/qwen2.5-7b-solopo.yaml"
 COLOCATED = REPO / "recipes/qwen2.5-7b-solopo-colocated.yaml"
 LOGO = REPO / "recipes/llama3-8b-logo.yaml"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +49,7 @@ def clusters(request):
         if ray.is_initialized():  # another module's local Ray
             ray.shutdown()
         # Head: no CPU or GPU for actors, and its own agent port (another Ray may hold the default).
-        head = {"num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "dashboard_agent_listen_port": _free_port()}
+        head = {"num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "dashboard_agent_listen_port": free_port()}
         current["cluster"] = cluster = Cluster(initialize_head=True, head_node_args=head)
         ids = {node: cluster.add_node(**args).node_id for node, args in nodes.items()}
         cluster.wait_for_nodes()

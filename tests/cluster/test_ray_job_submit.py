@@ -21,7 +21,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,17 +33,12 @@ from lcray.actors.placement import check_feasible, plan_placement
 from lcray.config import load_config
 from lcray.data.records import write_records
 from lcray.data.synthetic import make_synthetic_records
+from lcray.learner.distributed import free_port
 from lcray.runtime import _demand
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 README_GCS_PORT, README_DASHBOARD_PORT = 6379, 8265
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- the README's block

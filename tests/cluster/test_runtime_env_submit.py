@@ -9,7 +9,6 @@ reach the workers.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from pathlib import Path
@@ -17,13 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lcray.learner.distributed import free_port
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +35,7 @@ def job_client(request):
     )  # a loopback test cluster; docs/architecture.md: disabled for head and client
     if ray.is_initialized():
         ray.shutdown()
-    port = _free_port()
+    port = free_port()
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
@@ -49,7 +44,7 @@ def job_client(request):
             "dashboard_host": "127.0.0.1",
             "dashboard_port": port,
             # the agent's default port may be taken by another Ray on this machine
-            "dashboard_agent_listen_port": _free_port(),
+            "dashboard_agent_listen_port": free_port(),
         },
     )
     request.addfinalizer(cluster.shutdown)
