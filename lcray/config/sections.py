@@ -128,6 +128,22 @@ class LearnerConfig:
     seed: int = 42  # learner seed (model init, dropout)
     cpus_per_learner: float = 1.0  # Ray CPUs reserved per learner actor
     gpus_per_learner: float = 0.0  # Ray GPUs reserved per learner actor
+    # Ulysses sequence parallelism (DeepSpeed ALST): each sequence is split over this many ranks,
+    # attention heads are exchanged all-to-all. num_learners = data-parallel size x this.
+    sequence_parallel_size: int = 1
+    # Pack the sequences of a micro-batch into one row with per-sequence attention instead of one
+    # right-padded row each (OpenRLHF's --packing_samples). Always on with sequence_parallel_size > 1.
+    packing_samples: bool = True
+    # Forward each prompt once for all its responses: [prompt | chosen | rejected_1..M] in one row,
+    # responses never seeing each other. None = on, except with flash-attention (needs sdpa).
+    shared_prefix: bool | None = None
+    # Token budget of one micro-batch: a rank's examples are grouped into micro-batches of at most
+    # this many forwarded tokens (an example is never split); None = micro_train_batch_size examples.
+    max_tokens_per_micro_batch: int | None = None
+    # DeepSpeed ZeRO CPU offload (GPU runs: optimizer state / parameters kept in host memory;
+    # offload_params needs zero_stage 3). On a CPU-only learner there is nothing to offload: no-ops.
+    offload_optimizer: bool = False
+    offload_params: bool = False
 
 
 @dataclass
@@ -152,6 +168,9 @@ class AlgoConfig:
     simpo_gamma: float = 0.5  # SimPO target reward margin
     label_smoothing: float = 0.0  # conservative DPO/SimPO smoothing, in [0, 0.5)
     nll_coef: float = 0.0  # weight of the NLL (SFT) term on chosen responses
+    # Offline DPO-style losses: score every pair with the reference model once, before training,
+    # store the log-probs with the data and free the reference (TRL's precompute_ref_log_probs).
+    precompute_ref_logps: bool = False
     logo: LogoConfig = field(default_factory=LogoConfig)  # LOGO-specific settings
     solo_ra: SoloRAConfig = field(default_factory=SoloRAConfig)  # SoLoPO reward-alignment settings
 

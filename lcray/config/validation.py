@@ -6,6 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
+from lcray.algos.registry import needs_reference
 from lcray.config.sections import LcrayConfig
 
 
@@ -80,6 +81,8 @@ _CHECKS: dict[str, tuple] = {
     "learner.train_batch_size": _POS,
     "learner.cpus_per_learner": _NONNEG,
     "learner.gpus_per_learner": _NONNEG,
+    "learner.sequence_parallel_size": _POS,
+    "learner.max_tokens_per_micro_batch": _POS,
     "algo.beta": _at_least(0, strict=True),
     "algo.label_smoothing": _between(0, 0.5, hi_open=True),
     "algo.nll_coef": _NONNEG,
@@ -156,6 +159,7 @@ def validate(cfg: LcrayConfig) -> None:
             f"got {lr.train_batch_size}",
             key="learner.train_batch_size",
         )
+    _check_long_context_learner(cfg)
     if cfg.scorer.reward == "reward_model" and not cfg.scorer.reward_model_path:
         raise ConfigError(
             "scorer.reward_model_path: must be set when scorer.reward=reward_model", key="scorer.reward_model_path"
@@ -229,3 +233,44 @@ def validate(cfg: LcrayConfig) -> None:
                 f"{key}: must be 1 with placement.strategy=STRICT_PACK (all bundles on one node), got {n_nodes}",
                 key=key,
             )
+
+
+def _check_long_context_learner(cfg: LcrayConfig) -> None:
+    """Sequence parallelism, layouts and offload: the combinations DeepSpeed and the kernels take."""
+    lr, attn = cfg.learner, cfg.model.attn_implementation
+    sp = lr.sequence_parallel_size
+    if lr.num_learners % sp:
+        raise ConfigError(
+            f"learner.sequence_parallel_size: must divide learner.num_learners ({lr.num_learners}): the learners "
+            f"form num_learners / sequence_parallel_size data-parallel groups, got {sp}",
+            key="learner.sequence_parallel_size",
+        )
+    if sp > 1 and attn == "eager":
+        raise ConfigError(
+            "model.attn_implementation: 'eager' cannot run under sequence parallelism (DeepSpeed's Ulysses "
+            "refuses it); use sdpa or flash_attention_2",
+            key="model.attn_implementation",
+        )
+    if lr.shared_prefix and attn.startswith("flash_attention"):
+        raise ConfigError(
+            f"learner.shared_prefix: a shared-prefix row is not a set of varlen sequences, so it cannot run on "
+            f"model.attn_implementation={attn}; use sdpa (lcray's segment kernel) or shared_prefix=false",
+            key="learner.shared_prefix",
+        )
+    if lr.offload_params and lr.zero_stage != 3:
+        raise ConfigError(
+            f"learner.offload_params: needs learner.zero_stage=3 (DeepSpeed offloads parameters only when it "
+            f"partitions them), got zero_stage={lr.zero_stage}",
+            key="learner.offload_params",
+        )
+    if lr.offload_optimizer and lr.zero_stage == 0:
+        raise ConfigError(
+            "learner.offload_optimizer: needs learner.zero_stage >= 1 (ZeRO-Offload moves the partitioned "
+            "optimizer state), got zero_stage=0",
+            key="learner.offload_optimizer",
+        )
+    if cfg.algo.precompute_ref_logps and not needs_reference(cfg.algo.loss_type):
+        raise ConfigError(
+            f"algo.precompute_ref_logps: algo.loss_type={cfg.algo.loss_type} has no reference model",
+            key="algo.precompute_ref_logps",
+        )

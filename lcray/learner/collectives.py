@@ -55,3 +55,44 @@ def barrier(device: torch.device) -> None:
         dist.barrier(device_ids=[device.index if device.index is not None else torch.cuda.current_device()])
     else:
         dist.barrier()
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest `value` over all ranks (e.g. the micro-batch count every rank must then run)."""
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+class _GroupSum(torch.autograd.Function):
+    """Forward: the sum over a group. Backward: the gradient passed straight through (see
+    sum_over_group)."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, group: Any) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def sum_over_group(t: torch.Tensor, group: Any) -> torch.Tensor:
+    """Sum of each rank's partial `t` over `group`, differentiable with an identity backward.
+
+    Every rank then computes the same loss from the same sum; with the gradient passed straight
+    to the local partial, the ranks' parameter gradients ADD UP to the loss's gradient, which is
+    what DeepSpeed's reduction expects under sequence parallelism (it sums over the SP group and
+    averages over data-parallel groups). torch.distributed.nn's all_reduce would all-reduce the
+    gradient too and count it group-size times."""
+    return _GroupSum.apply(t, group)
+
+
+def gather_objects(obj: Any, group: Any) -> list[Any]:
+    """Every rank's `obj` in `group`, in group-rank order (pickled between lcray's own ranks)."""
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out

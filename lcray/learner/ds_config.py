@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import torch
+
 from lcray.config import LearnerConfig
 
 
-def grad_accum_steps(learner: LearnerConfig, world_size: int) -> int:
-    per_step = learner.micro_train_batch_size * world_size
-    if learner.train_batch_size % per_step:
+def examples_per_rank(learner: LearnerConfig, world_size: int) -> int:
+    """Examples each learner rank trains on per optimizer step."""
+    if learner.train_batch_size % world_size:
         raise ValueError(
-            f"learner.train_batch_size={learner.train_batch_size} is not divisible by "
-            f"micro_train_batch_size*num_learners={per_step}"
+            f"learner.train_batch_size={learner.train_batch_size} is not divisible by the {world_size} learners"
         )
-    return learner.train_batch_size // per_step
+    return learner.train_batch_size // world_size
 
 
 def build_ds_config(
-    learner: LearnerConfig, world_size: int, *, with_optimizer: bool = True, backward_passes: int = 1
+    learner: LearnerConfig, world_size: int, *, with_optimizer: bool = True, accelerator: bool | None = None
 ) -> dict:
-    """`backward_passes`: backward calls per micro-batch (2 with solo_ra.staged_backward).
+    """One "sample" per DeepSpeed micro-step: the learner plans its micro-batches (a fixed count,
+    or a token budget, times sequence-parallel rounds and staged passes), sets DeepSpeed's
+    accumulation steps to that step's backward count (engine.set_train_batch_size) and weights
+    each micro-batch's loss by its share of the examples. DeepSpeed checks batch size = micro x
+    accumulation x data-parallel size, where data-parallel size = world / SP.
 
-    ZeRO reduces a parameter's gradient once per DeepSpeed micro-step, so each pass is its own
-    micro-step: DeepSpeed sees passes x the accumulation steps (and batch size, which it checks
-    against them); the learner scales each pass's loss by `backward_passes` to cancel the larger
-    averaging divisor.
+    `accelerator`: whether the learner has a GPU (None = torch.cuda.is_available()); ZeRO offload
+    keys are only written then, since on a CPU learner there is nothing to offload.
     """
     zero: dict = {"stage": learner.zero_stage}
     if learner.zero_stage == 3:
@@ -31,10 +34,17 @@ def build_ds_config(
         zero.update(
             stage3_param_persistence_threshold=1e4, stage3_max_live_parameters=1e9, stage3_prefetch_bucket_size=5e7
         )
+    gpu = torch.cuda.is_available() if accelerator is None else accelerator
+    offload_optimizer = learner.offload_optimizer and gpu and learner.zero_stage >= 1
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if learner.offload_params and gpu and learner.zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    dp = world_size // learner.sequence_parallel_size
     cfg: dict = {
-        "train_batch_size": learner.train_batch_size * backward_passes,
-        "train_micro_batch_size_per_gpu": learner.micro_train_batch_size,
-        "gradient_accumulation_steps": grad_accum_steps(learner, world_size) * backward_passes,
+        "train_batch_size": dp,
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
         "zero_optimization": zero,
         "bf16": {"enabled": learner.bf16},
         "gradient_clipping": learner.max_grad_norm,
@@ -48,8 +58,9 @@ def build_ds_config(
                 "lr": learner.learning_rate,
                 "betas": list(learner.adam_betas),
                 "weight_decay": learner.weight_decay,
-                # torch's AdamW: DeepSpeed's fused/CPU Adam must compile (~50 s) first.
-                "torch_adam": True,
+                # torch's AdamW on the host: DeepSpeed's fused/CPU Adam must compile (~50 s) first.
+                # With optimizer offload DeepSpeed's CPU Adam is the point (it runs the update on the host).
+                "torch_adam": not offload_optimizer,
             },
         }
     return cfg

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from lcray.config import LcrayConfig, LearnerConfig
-from lcray.models import config_overrides, load_causal_lm
+from lcray.models import attention, config_overrides, load_causal_lm
 
 # With LoRA the DPO reference is the policy network itself with its adapters disabled.
 ADAPTERS_OFF = "adapters-off"
@@ -52,6 +52,7 @@ def load_base_model(cfg: LcrayConfig, model_path: str) -> torch.nn.Module:
 def load_policy(cfg: LcrayConfig, model_path: str) -> torch.nn.Module:
     """The trainable policy: base model, gradient checkpointing if asked, LoRA adapters if r > 0."""
     model = load_base_model(cfg, model_path)
+    attention.prepare_model(model.config)  # lcray's segment kernel (flash models keep flash)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -75,7 +76,13 @@ def add_lora(model: torch.nn.Module, cfg: LcrayConfig) -> torch.nn.Module:
 
 
 def load_reference(
-    cfg: LcrayConfig, model_path: str, ds_config: dict, ref_ds_config: dict, *, device: torch.device
+    cfg: LcrayConfig,
+    model_path: str,
+    ds_config: dict,
+    ref_ds_config: dict,
+    *,
+    device: torch.device,
+    mpu: Any = None,
 ) -> Any:
     """Frozen reference for DPO: ADAPTERS_OFF with LoRA, else a separate frozen copy on `device`.
 
@@ -86,10 +93,11 @@ def load_reference(
     if cfg.model.lora.r > 0:
         return ADAPTERS_OFF
     ref = load_base_model(cfg, model_path).eval().requires_grad_(False)
+    attention.prepare_model(ref.config)  # the policy's kernel (and its Ulysses wrapper under SP)
     if ds_config["zero_optimization"]["stage"] == 3:
         import deepspeed
 
-        ref, *_ = deepspeed.initialize(model=ref, config=ref_ds_config)
+        ref, *_ = deepspeed.initialize(model=ref, config=ref_ds_config, mpu=mpu)
         return ref
     return ref.to(device)
 

@@ -1,8 +1,9 @@
 """The learner step: one DeepSpeed rank that turns preference examples into optimizer steps.
 
 Forward of chosen / rejected (and y_w on the long context), the loss through
-lcray.algos.objective, the staged backward, and the DeepSpeed micro-step details. What is
-trained is built in model_setup.py; weights leave through export.py.
+lcray.algos.objective, the staged backward, micro-batch planning and the DeepSpeed micro-steps.
+What is trained is built in model_setup.py; weights leave through export.py; how sequences sit
+in rows is models/layout.py; sequence parallelism is sequence_parallel.py.
 
 Pure Python + torch.distributed; no Ray. `actors/learner.py` wraps it in an actor and a group
 of them forms one torch.distributed world. Expects the process group to be initialized
@@ -12,6 +13,7 @@ of them forms one torch.distributed world. Expects the process group to be initi
 from __future__ import annotations
 
 import contextlib
+import gc
 import resource
 import time
 from collections.abc import Iterator, Sequence
@@ -23,13 +25,12 @@ from lcray.algos import needs_reference, uses_gamma
 from lcray.algos.objective import SeqLogps, preference_objective, solo_ra_objective
 from lcray.config import LcrayConfig
 from lcray.data.schema import PreferenceExample
-from lcray.learner import collectives, export, model_setup
-from lcray.learner.ds_config import build_ds_config, grad_accum_steps
-from lcray.models import build_batch, load_tokenizer, resolve_model_path, sequence_logprobs
-
-
-def _split(logps: SeqLogps, sizes: Sequence[int]) -> list[SeqLogps]:
-    return [SeqLogps(a, b) for a, b in zip(logps.logp.split(list(sizes)), logps.n_tokens.split(list(sizes)))]
+from lcray.learner import collectives, export, model_setup, reference_pass, sequence_parallel
+from lcray.learner.ds_config import build_ds_config, examples_per_rank
+from lcray.learner.micro_batches import MicroBatch, plan_micro_batches
+from lcray.models import load_tokenizer, resolve_model_path, sequence_logprobs
+from lcray.models.layout import Group, layout_groups
+from lcray.models.logprobs import token_logprobs
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -46,46 +47,69 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class PolicyLearner:
-    """Policy (+ frozen reference for DPO) under DeepSpeed ZeRO 0-3."""
+    """Policy (+ frozen reference for DPO) under DeepSpeed ZeRO 0-3, optionally sequence-parallel."""
 
     def __init__(self, cfg: LcrayConfig, *, total_steps: int | None = None) -> None:
         import deepspeed
 
         self.cfg = cfg
+        lr = cfg.learner
         self.rank = torch.distributed.get_rank()
         self.world_size = torch.distributed.get_world_size()
-        torch.manual_seed(cfg.learner.seed)
+        if self.world_size % lr.sequence_parallel_size:
+            raise ValueError(
+                f"learner.sequence_parallel_size={lr.sequence_parallel_size} does not divide "
+                f"the {self.world_size} learners"
+            )
+        self.dp_size = self.world_size // lr.sequence_parallel_size
+        torch.manual_seed(lr.seed)
         self.model_path = resolve_model_path(cfg.model.name_or_path)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer_path or self.model_path)
+        flash = cfg.model.attn_implementation.startswith("flash_attention")
+        self.shared_prefix = (not flash) if lr.shared_prefix is None else lr.shared_prefix
+        self.pack = lr.packing_samples or lr.sequence_parallel_size > 1  # Ulysses takes one row
         solo_ra = cfg.algo.solo_ra
         # Backward passes per micro-batch: 2 when the x_long term is backwarded on its own.
         self.passes = 2 if solo_ra.staged_backward and solo_ra.alpha > 0 else 1
-        self.ds_config = build_ds_config(cfg.learner, self.world_size, backward_passes=self.passes)
+        self.ds_config = build_ds_config(lr, self.world_size)
         self.zero_stage = self.ds_config["zero_optimization"]["stage"]
-        self.grad_accum = grad_accum_steps(cfg.learner, self.world_size)
+        self.examples_per_step = examples_per_rank(lr, self.world_size)
+        # ZeRO-3's default reduce-scatter averages gradients over the whole world, without the
+        # world / SP divisor stages 0-2 use (measured: half the gradient at SP=2); undo it.
+        self.grad_scale = float(lr.sequence_parallel_size) if lr.zero_stage == 3 else 1.0
         self.total_steps = total_steps or cfg.trainer.max_steps
 
         self._zero_init = model_setup.ZeroInitScope(self.ds_config)
         model = model_setup.load_policy(cfg, self.model_path)
+        self.sp, self.mpu = sequence_parallel.setup(model, lr.sequence_parallel_size)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=self.ds_config,
-            lr_scheduler=model_setup.scheduler_factory(cfg.learner, self.total_steps),
+            lr_scheduler=model_setup.scheduler_factory(lr, self.total_steps),
+            mpu=self.mpu,
         )
         self.device = collectives.learner_device(self.engine)
         self.ref = None
         if needs_reference(cfg.algo.loss_type):
-            ref_ds_config = build_ds_config(cfg.learner, self.world_size, with_optimizer=False)
+            ref_ds_config = build_ds_config(lr, self.world_size, with_optimizer=False)
             self.ref = model_setup.load_reference(
-                cfg, self.model_path, self.ds_config, ref_ds_config, device=self.device
+                cfg, self.model_path, self.ds_config, ref_ds_config, device=self.device, mpu=self.mpu
             )
         self.global_step = 0
 
     # ------------------------------------------------------------------ forward
-    def _logps(self, model: Any, sequences: list[dict]) -> SeqLogps:
-        batch = build_batch(sequences, pad_id=self.tokenizer.pad_token_id or 0)
-        return sequence_logprobs(model, batch)
+    def _layout(self, groups: list[Group]) -> Any:
+        return layout_groups(
+            groups,
+            shared_prefix=self.shared_prefix,
+            pack=self.pack,
+            pad_to_multiple=self.sp.size if self.sp is not None else 1,
+            pad_id=self.tokenizer.pad_token_id or 0,
+        )
+
+    def _logps(self, model: Any, groups: list[Group]) -> SeqLogps:
+        return sequence_logprobs(model, self._layout(groups), sp=self.sp)
 
     @contextlib.contextmanager
     def _reference(self) -> Iterator[Any]:
@@ -101,16 +125,27 @@ class PolicyLearner:
     ) -> tuple[SeqLogps, SeqLogps, SeqLogps | None]:
         """(chosen [B], rejected [B, M], chosen on the long context [B] or None).
 
-        Chosen and rejected share one padded forward (TRL's concatenated forward); the long
-        context gets its own forward so the short ones are not padded to its length — that
-        separation is where SoLoPO's saving comes from.
+        One group per example, [prompt | chosen | rejected_1..M] (models/layout.py). Packed, the
+        long contexts share the forward; padded (packing_samples=false) they get their own, so
+        the short rows are not padded to the long length (where SoLoPO's saving comes from).
         """
         b, m = len(examples), examples[0].num_negatives
-        short = [e.sequence(e.chosen_ids) for e in examples] + [e.sequence(r) for e in examples for r in e.rejected_ids]
-        chosen, rejected = _split(self._logps(model, short), [b, b * m])
-        rejected = SeqLogps(rejected.logp.view(b, m), rejected.n_tokens.view(b, m))
-        long = self._logps(model, [e.sequence(e.chosen_ids, long=True) for e in examples]) if with_long else None
-        return chosen, rejected, long
+        short = [Group(e.prompt_ids, [e.chosen_ids, *e.rejected_ids], e.prompt_position_ids) for e in examples]
+        long = [Group(e.long_prompt_ids, [e.chosen_ids]) for e in examples] if with_long else []
+        if self.pack and long:
+            both, cut = self._logps(model, short + long), b * (1 + m)
+            out = SeqLogps(both.logp[:cut], both.n_tokens[:cut])
+            long_out = SeqLogps(both.logp[cut:], both.n_tokens[cut:])
+        else:
+            out = self._logps(model, short)
+            long_out = self._logps(model, long) if long else None
+        logp, n = out.logp.view(b, 1 + m), out.n_tokens.view(b, 1 + m)
+        return SeqLogps(logp[:, 0], n[:, 0]), SeqLogps(logp[:, 1:], n[:, 1:]), long_out
+
+    def forward_tokens(self, examples: Sequence[PreferenceExample], *, with_long: bool) -> int:
+        """Tokens the policy forward of these examples runs on, in this learner's layout."""
+        n = sum(Group(e.prompt_ids, [e.chosen_ids, *e.rejected_ids]).tokens(self.shared_prefix) for e in examples)
+        return n + (sum(e.long_tokens() for e in examples) if with_long else 0)
 
     def micro_batch_loss(
         self, examples: list[PreferenceExample], long: tuple[SeqLogps, SeqLogps | None] | None = None
@@ -127,8 +162,7 @@ class PolicyLearner:
         chosen, rejected, chosen_long = self._forward(self.engine, examples, with_long)
         ref = (None, None, None)
         if needs_reference(algo.loss_type):
-            with self._reference() as ref_model:
-                ref = self._forward(ref_model, examples, with_long)
+            ref = self._reference_logps(examples, with_long)
         if long is not None:
             chosen_long, ref = long[0], (ref[0], ref[1], long[1])
         loss, metrics = preference_objective(
@@ -146,8 +180,37 @@ class PolicyLearner:
             chosen_long=chosen_long,
             ref_chosen_long=ref[2],
         )
-        tokens = sum(e.short_tokens() + (e.long_tokens() if with_long else 0) for e in examples)
-        return loss, metrics, tokens
+        return loss, metrics, self.forward_tokens(examples, with_long=with_long)
+
+    def _reference_logps(
+        self, examples: list[PreferenceExample], with_long: bool
+    ) -> tuple[SeqLogps, SeqLogps, SeqLogps | None]:
+        """Reference (chosen, rejected, chosen on x_long): stored with the examples when
+        algo.precompute_ref_logps ran (reference_pass.py), else a no-grad forward."""
+        if reference_pass.has_reference(examples):
+            return reference_pass.from_meta(examples, with_long, self.device)
+        if self.ref is None:
+            raise RuntimeError("the reference model was freed, and these examples carry no reference log-probs")
+        with self._reference() as ref_model:
+            return self._forward(ref_model, examples, with_long)
+
+    def reference_logps(self, examples: list[PreferenceExample]) -> list[dict]:
+        """The live reference's log-probs of this rank's examples, as reference_pass stores them
+        (collective: every rank calls it with its own share; SP groups forward jointly)."""
+        with_long = self.cfg.algo.solo_ra.alpha > 0
+        out: list[dict] = [{} for _ in examples]
+        for mb in self._plan(examples):
+            with self._reference() as ref_model:
+                values = reference_pass.to_meta(*self._forward(ref_model, mb.examples, with_long))
+            for i, v in zip(mb.own or [], values):
+                out[i] = v
+        return out
+
+    def free_reference(self) -> None:
+        """Drop the reference model (after reference_logps): its memory is free for training."""
+        if self.ref not in (None, model_setup.ADAPTERS_OFF):
+            self.ref = None
+            gc.collect()
 
     def _long_pass(
         self, examples: list[PreferenceExample]
@@ -159,14 +222,16 @@ class PolicyLearner:
         on x_long for the second pass, tokens forwarded).
         """
         algo = self.cfg.algo
-        short = [e.sequence(e.chosen_ids) for e in examples]
-        long = [e.sequence(e.chosen_ids, long=True) for e in examples]
+        long = [Group(e.long_prompt_ids, [e.chosen_ids]) for e in examples]
         ref_short = ref_long = None
-        if needs_reference(algo.loss_type):
-            with self._reference() as ref_model:
-                ref_short, ref_long = self._logps(ref_model, short), self._logps(ref_model, long)
-        with torch.no_grad():
-            chosen = self._logps(self.engine, short)
+        if needs_reference(algo.loss_type) and reference_pass.has_reference(examples):
+            ref_short, _, ref_long = reference_pass.from_meta(examples, True, self.device)
+        elif needs_reference(algo.loss_type):
+            with self._reference() as ref_model:  # the policy's layouts below, for bitwise-equal rewards
+                ref_short, _, _ = self._forward(ref_model, examples, False)
+                ref_long = self._logps(ref_model, long)
+        with torch.no_grad():  # the second pass's layout, so r(x_short, y_w) is bitwise the same there
+            chosen, _, _ = self._forward(self.engine, examples, False)
         chosen_long = self._logps(self.engine, long)
         loss = solo_ra_objective(
             loss_type=algo.loss_type,
@@ -199,43 +264,63 @@ class PolicyLearner:
         yield self.micro_batch_loss(examples, long=long)
 
     # ------------------------------------------------------------------ training
+    def _plan(self, examples: list[PreferenceExample]) -> list[MicroBatch]:
+        """This rank's micro-batches, in the order every rank of the world runs them: same count
+        everywhere (ZeRO reduces on every backward), SP rounds expanded (rank j's micro-batch i is
+        round j of step i for its whole SP group)."""
+        lr = self.cfg.learner
+        with_long = self.cfg.algo.solo_ra.alpha > 0
+        costs = [self.forward_tokens([e], with_long=with_long) for e in examples]
+        return plan_micro_batches(
+            examples,
+            costs,
+            micro_batch_size=lr.micro_train_batch_size,
+            max_tokens=lr.max_tokens_per_micro_batch,
+            sp=self.sp,
+            device=self.device,
+        )
+
     def train_step(self, examples: list[PreferenceExample]) -> dict[str, float]:
         """One optimizer step over this rank's share of the global batch.
 
-        `examples` must hold micro_train_batch_size * grad_accum examples; DeepSpeed averages
-        gradients over micro-batches and ranks, so K ranks match one rank with the same
-        global batch.
+        `examples` must hold train_batch_size / num_learners examples. Each micro-batch's loss is
+        weighted by its share of its data-parallel group's examples and DeepSpeed averages over
+        data-parallel groups, so K ranks (any SP size) match one rank with the same global batch.
         """
-        mb = self.cfg.learner.micro_train_batch_size
-        expected = mb * self.grad_accum
-        if len(examples) != expected:
+        if len(examples) != self.examples_per_step:
             raise ValueError(
-                f"rank {self.rank} got {len(examples)} examples, expected {expected} "
-                f"(micro_train_batch_size {mb} x gradient accumulation {self.grad_accum})"
+                f"rank {self.rank} got {len(examples)} examples, expected {self.examples_per_step} "
+                f"(learner.train_batch_size / learner.num_learners)"
             )
         self.engine.train()
         start = time.perf_counter()
         sums: dict[str, float] = {}
         tokens = 0
-        for i in range(0, expected, mb):
-            for loss, metrics, n in self._backward_passes(examples[i : i + mb]):
+        plan = self._plan(examples)
+        # DeepSpeed's accumulation counts every backward: this step's count (the same on every
+        # rank) becomes its gradient_accumulation_steps, and it divides each loss by it.
+        backwards = len(plan) * self.passes
+        self.engine.set_train_batch_size(backwards * self.engine.dp_world_size)
+        for mb in plan:
+            passes = self._backward_passes(mb.examples)
+            for _ in range(self.passes):
+                self._begin_micro_batch()  # before the forward, as DeepSpeedEngine.forward would
+                loss, metrics, n = next(passes)
                 if not collectives.all_finite(loss, self.device):
-                    raise NonFiniteLossError(self.global_step + 1, float(loss), [e.id for e in examples[i : i + mb]])
-                self._begin_micro_batch()
-                # DeepSpeed divides by its accumulation steps, which count every pass.
-                self.engine.backward(loss * self.passes)
-                self.engine.step()
-                tokens += n
+                    raise NonFiniteLossError(self.global_step + 1, float(loss), [e.id for e in mb.examples])
+                self.engine.backward(loss * (mb.weight * backwards * self.grad_scale))
+                self.engine.step()  # an update only at the accumulation boundary
+                tokens += n if mb.weight > 0 else 0
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    sums[k] = sums.get(k, 0.0) + v * mb.weight
         elapsed = time.perf_counter() - start
         self.global_step += 1
-        out = {k: v / self.grad_accum for k, v in sums.items()}
-        out = collectives.mean_over_ranks(out, self.device)
+        out = collectives.mean_over_ranks(sums, self.device)
         grad_norm = self.engine.get_global_grad_norm()
         out["grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
         out["lr"] = float(self.scheduler.get_last_lr()[0])
-        out["tokens_per_sec"] = tokens * self.world_size / max(elapsed, 1e-9)
+        # Every rank of an SP group forwards (its slice of) the same rows: count them once.
+        out["tokens_per_sec"] = tokens * self.dp_size / max(elapsed, 1e-9)
         out["step_time"] = elapsed
         # Peak resident memory of this learner process so far (Linux reports KiB).
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -291,21 +376,14 @@ class PolicyLearner:
             bucket_bytes=export.bucket_bytes(self.cfg.rollout.sync_bucket_mb),
         )
 
-    @torch.no_grad()
     def token_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """Log-prob of every token but the first of each sequence under the current weights (the
         learner's side of the stale-weight check, actors/weight_sync.py). A forward on every rank
-        under ZeRO-3, so all ranks get the same sequences. Eval mode: no dropout noise."""
+        (ZeRO-3 gathers, SP slices), so all ranks get the same sequences. Eval mode: no dropout."""
         module = self.engine.module
         was_training = module.training
         module.eval()
         try:
-            out = []
-            for seq in sequences:
-                ids = torch.tensor([list(seq)], device=self.device)
-                logits = module(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
-                logps = logits[0, :-1].float().log_softmax(-1)
-                out.append(logps.gather(-1, ids[0, 1:, None]).squeeze(-1).tolist())
-            return out
+            return token_logprobs(module, sequences, sp=self.sp)
         finally:
             module.train(was_training)

@@ -8,7 +8,6 @@ import torch
 
 from lcray.algos.objective import SeqLogps
 from lcray.models import build_batch, load_causal_lm, sequence_logprobs
-from lcray.models.logprobs import attention_mask_for
 
 ATOL = 1e-5
 
@@ -21,6 +20,12 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir: Path) -> Any:
+    return load_causal_lm(tiny_model_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_model_dir: Path) -> Any:
+    """Same weights, never given to sequence_logprobs: keeps transformers' own sdpa attention."""
     return load_causal_lm(tiny_model_dir).eval()
 
 
@@ -57,20 +62,23 @@ def test_build_batch_layout() -> None:
     b = build_batch(seqs, pad_id=3)
     assert b.input_ids.tolist() == [[5, 6, 7], [8, 9, 3]]
     assert b.position_ids.tolist() == [[0, 1, 2], [100, 200, 0]]
-    assert b.loss_mask.tolist() == [[False, False, True], [False, True, False]]
-    assert b.seq_index.tolist() == [[0, 0, 0], [1, 1, -1]]
+    # Shifted: position p predicts targets[p] (token 7 from position 1, token 9 from position 0).
+    assert b.targets.tolist() == [[-100, 7, -100], [9, -100, -100]]
+    assert b.target_seq.tolist() == [[-1, 0, -1], [1, -1, -1]]
+    assert b.spans == [[(0, 3, ())], [(0, 2, ())]] and b.n_tokens.tolist() == [1, 1]
     p = build_batch(seqs, pack=True)
-    assert p.input_ids.tolist() == [[5, 6, 7, 8, 9]] and p.seq_index.tolist() == [[0, 0, 0, 1, 1]]
-    assert p.position_ids.tolist() == [[0, 1, 2, 100, 200]] and p.num_seqs == 2
+    assert p.input_ids.tolist() == [[5, 6, 7, 8, 9]] and p.target_seq.tolist() == [[-1, 0, -1, 1, -1]]
+    assert p.position_ids.tolist() == [[0, 1, 2, 100, 200]] and p.num_seqs == 2 and p.num_tokens == 5
+    assert p.spans == [[(0, 3, ()), (3, 2, ())]]
     # First-fit: with 4 tokens per row the two sequences cannot share a row.
     assert build_batch(seqs, pack=True, max_tokens_per_row=4).input_ids.shape == (2, 3)
 
 
-def test_unpacked_matches_plain_forward(model: Any) -> None:
+def test_unpacked_matches_plain_forward(model: Any, plain: Any) -> None:
     seqs = _sequences(model.config.vocab_size, SPECS)
     with torch.no_grad():
         got = sequence_logprobs(model, build_batch(seqs, pack=False))
-        ref = _reference(model, seqs)
+        ref = _reference(plain, seqs)
     assert isinstance(got, SeqLogps)
     assert got.n_tokens.tolist() == [n - s for n, s in SPECS]
     _close(got.logp, ref)
@@ -90,39 +98,40 @@ def test_packed_matches_unpacked(model: Any) -> None:
     assert torch.equal(a.n_tokens, b.n_tokens)
 
 
-def test_packed_without_block_mask_would_leak(model: Any) -> None:
-    """Guards the test above: packing without the block-diagonal mask changes the answer."""
+def test_packed_without_spans_would_leak(model: Any, plain: Any) -> None:
+    """Guards the test above: packing with plain causal attention over the row changes the answer."""
     seqs = _sequences(model.config.vocab_size, SPECS)
     seqs[1]["position_ids"] = list(range(16, 46))  # continue the first sequence's ids
     packed = build_batch(seqs, pack=True)
     with torch.no_grad():
         good = sequence_logprobs(model, packed)
-        causal_only = model(
+        causal_only = plain(
             packed.input_ids, position_ids=packed.position_ids, attention_mask=torch.ones_like(packed.input_ids)
         ).logits
-    lp = torch.log_softmax(causal_only[0, :-1], -1).gather(-1, packed.input_ids[0, 1:, None]).squeeze(-1)
-    leaked = lp[packed.loss_mask[0, 1:] & (packed.seq_index[0, 1:] == 1)].sum()
+    lp = torch.log_softmax(causal_only[0], -1)
+    owned = packed.target_seq[0] == 1
+    leaked = lp[owned].gather(-1, packed.targets[0][owned, None]).sum()
     assert (leaked - good.logp[1]).abs() > 1e-3
 
 
-def test_eager_attention_packed(tiny_model_dir: Path, model: Any) -> None:
+def test_eager_model_is_switched_to_segment_attention(tiny_model_dir: Path, plain: Any) -> None:
+    from lcray.models.attention import SEGMENT_ATTENTION
+
     eager = load_causal_lm(tiny_model_dir, attn_implementation="eager").eval()
-    seqs = _sequences(model.config.vocab_size, SPECS)
-    batch = build_batch(seqs, pack=True)
-    assert attention_mask_for(batch, "eager", torch.float32).dtype == torch.float32
+    seqs = _sequences(plain.config.vocab_size, SPECS)
     with torch.no_grad():
-        ref = sequence_logprobs(model, build_batch(seqs))
-        got = sequence_logprobs(eager, batch)
-    _close(got.logp, ref.logp)
+        got = sequence_logprobs(eager, build_batch(seqs, pack=True))
+    assert eager.config._attn_implementation == SEGMENT_ATTENTION
+    _close(got.logp, _reference(plain, seqs))
 
 
-def test_jumping_position_ids(model: Any) -> None:
+def test_jumping_position_ids(model: Any, plain: Any) -> None:
     """LOGO-style synthesized ids: contiguous inside a chunk, jumping between chunks."""
     seqs = _sequences(model.config.vocab_size, [(52, 32), (20, 5)])
     seqs[0]["position_ids"] = list(range(16)) + list(range(10000, 10016)) + list(range(30000, 30020))
     seqs[1]["position_ids"] = list(range(40000, 40020))
     with torch.no_grad():
-        ref = _reference(model, seqs)
+        ref = _reference(plain, seqs)
         unpacked = sequence_logprobs(model, build_batch(seqs))
         packed = sequence_logprobs(model, build_batch(seqs, pack=True))
         default_ids = sequence_logprobs(
@@ -146,7 +155,7 @@ def _loss_and_grads(model: Any, batch: Any, chunk_size: int) -> tuple[torch.Tens
 def test_chunking_same_values_and_grads(model: Any) -> None:
     seqs = _sequences(model.config.vocab_size, SPECS)
     batch = build_batch(seqs, pack=True)
-    n_scored = int(batch.loss_mask.sum())
+    n_scored = int(batch.n_tokens.sum())
     lp_small, g_small = _loss_and_grads(model, batch, chunk_size=7)
     lp_big, g_big = _loss_and_grads(model, batch, chunk_size=n_scored + 100)
     _close(lp_small, lp_big)
@@ -182,7 +191,7 @@ def test_peft_wrapped_model(tiny_model_dir: Path, model: Any) -> None:
 
 def test_build_batch_errors() -> None:
     seqs = [{"input_ids": list(range(5)), "response_start": 2}, {"input_ids": list(range(12)), "response_start": 3}]
-    with pytest.raises(ValueError, match="sequence 1 has 12 tokens"):
+    with pytest.raises(ValueError, match="unit of 12 tokens"):
         build_batch(seqs, pack=True, max_tokens_per_row=8)
     with pytest.raises(ValueError, match="response_start=0"):
         build_batch([{"input_ids": [1, 2], "response_start": 0}])
@@ -190,8 +199,8 @@ def test_build_batch_errors() -> None:
         build_batch([{"input_ids": [1, 2], "response_start": 1, "position_ids": [0]}])
 
 
-def test_rejects_unscorable_first_token(model: Any) -> None:
-    batch = build_batch(_sequences(model.config.vocab_size, [(6, 2), (6, 2)]), pack=True)
-    batch.loss_mask[0, 6] = True  # first token of the second packed sequence
-    with pytest.raises(ValueError, match="first token"):
-        sequence_logprobs(model, batch)
+def test_response_without_prompt_token_is_refused() -> None:
+    from lcray.models.layout import Group, layout_groups
+
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        layout_groups([Group([], [[1, 2]])])
