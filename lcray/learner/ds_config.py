@@ -51,6 +51,10 @@ def build_ds_config(
         "steps_per_print": 10**9,  # lcray logs its own metrics
         "wall_clock_breakdown": False,
     }
+    if learner.sequence_parallel_size > 1:
+        # Read where DeepSpeed gets no mpu (zero.Init while ZeRO-3 loads the model): data-parallel
+        # size = world / SP there too.
+        cfg["sequence_parallel_size"] = learner.sequence_parallel_size
     if with_optimizer:
         cfg["optimizer"] = {
             "type": "AdamW",

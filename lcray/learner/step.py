@@ -300,7 +300,7 @@ class PolicyLearner:
         # DeepSpeed's accumulation counts every backward: this step's count (the same on every
         # rank) becomes its gradient_accumulation_steps, and it divides each loss by it.
         backwards = len(plan) * self.passes
-        self.engine.set_train_batch_size(backwards * self.engine.dp_world_size)
+        self._set_accumulation(backwards)
         for mb in plan:
             passes = self._backward_passes(mb.examples)
             for _ in range(self.passes):
@@ -325,6 +325,15 @@ class PolicyLearner:
         # Peak resident memory of this learner process so far (Linux reports KiB).
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return out
+
+    def _set_accumulation(self, steps: int) -> None:
+        """DeepSpeed's gradient_accumulation_steps for this step, as engine.set_train_batch_size
+        sets it (that method divides by engine.dp_world_size, which is None under an SP mpu). The
+        ZeRO optimizer keeps its own copy (read on its CPU-offload path): kept in step."""
+        self.engine._config.gradient_accumulation_steps = steps
+        self.engine._config.train_batch_size = steps * self.dp_size
+        if hasattr(self.engine.optimizer, "gradient_accumulation_steps"):
+            self.engine.optimizer.gradient_accumulation_steps = steps
 
     def _begin_micro_batch(self) -> None:
         """What DeepSpeedEngine.forward does before running the module.

@@ -159,7 +159,9 @@ def sequence_logprobs(
             parts.append(checkpoint(_token_logps, head, hc, tc, use_reentrant=False))
         else:
             parts.append(_token_logps(head, hc, tc))
-    token_logps = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+    # No scored token here (e.g. a sequence-parallel slice of prompt only): still go through the
+    # head, so the result stays connected to the forward and this rank joins the backward.
+    token_logps = torch.cat(parts) if parts else _token_logps(head, h, targets)
 
     logp = torch.zeros(batch.num_seqs, dtype=torch.float32, device=device).index_add(0, owner, token_logps)
     if sp is not None:
