@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from lcray.algos import uses_gamma
 from lcray.algos.objective import preference_objective
 from lcray.data.schema import PreferenceExample
 from lcray.learner.distributed import init_process_group
@@ -38,15 +39,29 @@ def cases() -> dict[str, PreferenceExample]:
 LOSS = {"logo": ("logo", 0.0), "solopo": ("simpo", 1.0), "dpo": ("dpo", 0.0)}
 
 
-def case_loss(name: str, e: PreferenceExample, policy, ref, sp, contiguous: bool = False) -> torch.Tensor:
-    loss_type, alpha = LOSS[name]
+def case_loss(
+    name: str,
+    e: PreferenceExample,
+    policy,
+    ref,
+    sp,
+    contiguous: bool = False,
+    *,
+    loss_type: str | None = None,
+    alpha: float | None = None,
+    shared_prefix: bool = True,
+    pack: bool = True,
+) -> torch.Tensor:
+    """The case's loss through layout -> sequence_logprobs -> preference_objective."""
+    loss_type = loss_type or LOSS[name][0]
+    alpha = LOSS[name][1] if alpha is None else alpha
     pos = None if contiguous else e.prompt_position_ids
     groups = [Group(e.prompt_ids, [e.chosen_ids, *e.rejected_ids], pos)]
     if alpha:
         groups.append(Group(e.long_prompt_ids, [e.chosen_ids]))
 
     def logps(model):
-        batch = layout_groups(groups, shared_prefix=True, pack=True, pad_to_multiple=sp.size if sp else 1)
+        batch = layout_groups(groups, shared_prefix=shared_prefix, pack=pack, pad_to_multiple=sp.size if sp else 1)
         out = sequence_logprobs(model, batch, sp=sp)
         m = e.num_negatives
         from lcray.algos.stats import SeqLogps
@@ -64,7 +79,7 @@ def case_loss(name: str, e: PreferenceExample, policy, ref, sp, contiguous: bool
     loss, _ = preference_objective(
         loss_type=loss_type,
         beta=0.5,
-        simpo_gamma=0.5 if loss_type == "simpo" else 0.0,
+        simpo_gamma=0.5 if uses_gamma(loss_type) else 0.0,
         label_smoothing=0.0,
         nll_coef=0.0,
         solo_ra_alpha=alpha,
