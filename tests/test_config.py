@@ -379,3 +379,10 @@ def test_json_format_is_accepted_like_the_reader():
 def test_moved_eval_keys_name_their_new_place():
     with pytest.raises(ConfigError, match=r"'solopo.num_eval_prompts' moved to 'eval.num_prompts'"):
         load_config(None, ["solopo.num_eval_prompts=3"])
+
+
+@pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
+def test_precompute_ref_logps_needs_a_reference_loss(loss_type):
+    with pytest.raises(ConfigError, match=rf"algo.precompute_ref_logps: algo.loss_type={loss_type} has no reference"):
+        load_config(None, [f"algo.loss_type={loss_type}", "algo.precompute_ref_logps=true"])
+    assert load_config(None, ["algo.loss_type=dpo", "algo.precompute_ref_logps=true"]).algo.precompute_ref_logps

@@ -16,7 +16,8 @@ import ray
 from lcray.actors.weight_sync import NcclTransferGroup, check_weight_sync, max_logprob_gap
 from lcray.config import LcrayConfig, config_from_dict, to_dict
 from lcray.data.schema import PreferenceExample
-from lcray.utils.batching import balanced_shards
+from lcray.learner import reference_pass
+from lcray.utils.batching import balanced_shards, contiguous_slices
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ class LearnerWorker:
 
     def train_step(self, examples: list[PreferenceExample]) -> dict[str, float]:
         return self.learner.train_step(examples)
+
+    def reference_logps(self, examples: list[PreferenceExample]) -> list[dict]:
+        return self.learner.reference_logps(examples)
+
+    def free_reference(self) -> None:
+        self.learner.free_reference()
 
     def export_weights(self) -> list | None:
         """[ObjectRef] of the full state dict on rank 0 (collective; None on other ranks): the
@@ -182,6 +189,27 @@ class LearnerGroup:
                 raise
         loads = [sum(costs[i] for i in shard) for shard in shards]
         return {**metrics, "shard_tokens_max": float(max(loads)), "shard_tokens_min": float(min(loads))}
+
+    def precompute_reference(self, examples: Sequence[PreferenceExample]) -> None:
+        """algo.precompute_ref_logps: score `examples` with the reference model once, store the
+        log-probs in each example's meta (the driver's objects: later batches carry them to the
+        learners) and free the reference on every rank.
+
+        Contiguous shares, sizes differing by one: a single no-grad pass needs no token balance,
+        and PolicyLearner pads the ranks to equal micro-batch counts. A rank left without an
+        example (fewer examples than learners) scores a copy of the first, whose result is
+        dropped: the pass is collective, so every rank must take part.
+        """
+        if not examples:
+            raise ValueError("algo.precompute_ref_logps: no examples to score")
+        shares = [list(examples[s]) for s in contiguous_slices(len(examples), self.world_size)]
+        with self._lock:
+            refs = [a.reference_logps.remote(share or list(examples[:1])) for share, a in zip(shares, self.actors)]
+            results = ray.get(refs)
+            for share, values in zip(shares, results):
+                for example, value in zip(share, values):  # an empty share drops its filler's value
+                    example.meta[reference_pass.KEY] = value
+            self._all("free_reference")
 
     def export_weights(self) -> ray.ObjectRef:
         return self._all("export_weights")[0][0]

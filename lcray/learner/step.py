@@ -201,7 +201,12 @@ class PolicyLearner:
         out: list[dict] = [{} for _ in examples]
         for mb in self._plan(examples):
             with self._reference() as ref_model:
-                values = reference_pass.to_meta(*self._forward(ref_model, mb.examples, with_long))
+                if self.passes == 2:  # the staged backward's layouts (_long_pass): bitwise-equal rewards
+                    chosen, rejected, _ = self._forward(ref_model, mb.examples, False)
+                    long = self._logps(ref_model, [Group(e.long_prompt_ids, [e.chosen_ids]) for e in mb.examples])
+                else:
+                    chosen, rejected, long = self._forward(ref_model, mb.examples, with_long)
+            values = reference_pass.to_meta(chosen, rejected, long)
             for i, v in zip(mb.own or [], values):
                 out[i] = v
         return out

@@ -123,6 +123,15 @@ class PreferenceTrainer:
                 key="rollout.max_model_len",
             )
 
+    def _check_precompute(self) -> None:
+        """Before Ray starts: online pairs appear during training, so none can be scored up front."""
+        if self.cfg.algo.precompute_ref_logps and self.samples_online:
+            raise ConfigError(
+                f"algo.precompute_ref_logps: {self.name} samples its pairs online during training, so there is "
+                "nothing to score before it; set it to false (or train on a fixed data set: solopo.mode=offline)",
+                key="algo.precompute_ref_logps",
+            )
+
     def ensure_engines_current(self, rt: Runtime, step: int) -> None:
         """Sync the learner's weights to the engines unless they already hold this step's."""
         if self.synced_step != step:
@@ -172,11 +181,21 @@ class PreferenceTrainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         max_steps, batch_size = cfg.trainer.max_steps, cfg.learner.train_batch_size
+        self._check_precompute()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out_dir / "config.yaml")
         rt = Runtime.start(cfg, total_steps=max_steps, with_scorers=self.needs_scorers)
         try:
             self.setup(rt)
+            if cfg.algo.precompute_ref_logps:
+                # Before any resume too: the examples hold no log-probs after a restart, and
+                # re-scoring them (one no-grad pass, deterministic) is cheaper than storing them.
+                rt.learners.precompute_reference(self.examples)
+                print(
+                    f"{self.name}: algo.precompute_ref_logps: scored {len(self.examples)} examples with the "
+                    "reference model and freed it",
+                    flush=True,
+                )
             resumed = rt.learners.load_checkpoint(cfg.ckpt.path) if cfg.ckpt.resume else None
             step = 0
             if resumed is not None:
