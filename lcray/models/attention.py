@@ -36,35 +36,48 @@ SEGMENT_ATTENTION = "lcray_segments"
 Span = tuple[int, int, tuple[int, ...]]
 
 
-def _branch_mask(prefix: int, n: int, device: torch.device) -> Tensor:
-    """[n, prefix + n] bool: every prefix column, causal on the branch's own columns."""
-    mask = torch.ones(n, prefix + n, dtype=torch.bool, device=device)
-    mask[:, prefix:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-    return mask
+def _branch_mask(prefix: int, branches: Sequence[int], device: torch.device) -> Tensor:
+    """[sum(branches), prefix + sum(branches)] bool: every prefix column; within the branch
+    columns, causal inside a query's own branch and nothing of its siblings."""
+    n = sum(branches)
+    owner = torch.repeat_interleave(torch.arange(len(branches), device=device), torch.tensor(branches, device=device))
+    same = owner[:, None] == owner[None, :]
+    causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    return torch.cat([torch.ones(n, prefix, dtype=torch.bool, device=device), same & causal], dim=1)
 
 
 def _row_attention(q: Tensor, k: Tensor, v: Tensor, spans: Sequence[Span], scale: float | None) -> Tensor:
-    """q [1, H, T, D], k/v [1, H, T, D] (kv heads already repeated) -> [1, H, T, D]."""
-    pieces = []
-    end = 0
+    """q [1, Hq, T, D], k/v [1, Hkv, T, D] -> [1, Hq, T, D].
+
+    The row is split once (`split`: one gradient copy in backward, where per-piece slicing would
+    zero-fill a whole-row gradient per piece), then per group: one causal sdpa for the prefix and
+    one masked sdpa for all its branches together against [prefix; branches] (one K/V copy per
+    group, none per branch)."""
+    sizes, end = [], 0
     for start, prefix, branches in spans:
         if start != end:
             raise ValueError(f"spans must tile the row: a group starts at {start}, the previous ended at {end}")
-        stop = start + prefix
-        kp, vp = k[:, :, start:stop], v[:, :, start:stop]
-        pieces.append(F.scaled_dot_product_attention(q[:, :, start:stop], kp, vp, is_causal=True, scale=scale))
-        for n in branches:
-            sl = slice(stop, stop + n)
-            kb, vb = torch.cat([kp, k[:, :, sl]], dim=2), torch.cat([vp, v[:, :, sl]], dim=2)
-            mask = _branch_mask(prefix, n, q.device)
-            pieces.append(F.scaled_dot_product_attention(q[:, :, sl], kb, vb, attn_mask=mask, scale=scale))
-            stop += n
-        end = stop
+        sizes += [prefix, sum(branches)]
+        end = start + prefix + sum(branches)
     T = q.shape[2]
     if end > T:
         raise ValueError(f"spans cover {end} tokens, the row has {T}")
-    if end < T:  # right padding: attends to nothing, its output is never scored
-        pieces.append(q.new_zeros(*q.shape[:2], T - end, q.shape[3]))
+    sizes.append(T - end)
+    gqa = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
+    qs, ks, vs = q.split(sizes, dim=2), k.split(sizes, dim=2), v.split(sizes, dim=2)
+    pieces = []
+    for i, (_, prefix, branches) in enumerate(spans):
+        qp, kp, vp = qs[2 * i], ks[2 * i], vs[2 * i]
+        pieces.append(F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scale, **gqa))
+        if branches:
+            qb = qs[2 * i + 1]
+            kb, vb = torch.cat([kp, ks[2 * i + 1]], dim=2), torch.cat([vp, vs[2 * i + 1]], dim=2)
+            mask = _branch_mask(prefix, branches, q.device)
+            pieces.append(F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale, **gqa))
+        else:
+            pieces.append(qs[2 * i + 1])  # empty
+    # Right padding attends to nothing; its output is never scored.
+    pieces.append(q.new_zeros(*q.shape[:2], T - end, q.shape[3]))
     return torch.cat(pieces, dim=2)
 
 
@@ -81,11 +94,14 @@ def segment_attention(
 ) -> tuple[Tensor, None]:
     """transformers attention-function signature: q [B, Hq, T, D], k/v [B, Hkv, T, D] ->
     ([B, T, Hq, D], None). Attention dropout is not applied (Llama-family models train with 0)."""
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # GQA: repeat kv heads to match the query heads
+    if query.device.type != "cpu" and query.shape[1] != key.shape[1]:
+        # GQA: CUDA's efficient sdpa kernels take no enable_gqa (it would fall back to the math
+        # kernel); repeat the kv heads there. The CPU kernel takes it, with no copies.
+        groups = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     if lcray_spans is None:
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1, scale=scaling)
+        gqa = {"enable_gqa": True} if query.shape[1] != key.shape[1] else {}
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1, scale=scaling, **gqa)
     else:
         if len(lcray_spans) != query.shape[0]:
             raise ValueError(f"lcray_spans describes {len(lcray_spans)} rows, the batch has {query.shape[0]}")
