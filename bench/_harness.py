@@ -57,6 +57,11 @@ def add_common_args(p: argparse.ArgumentParser, cases: Sequence[str], steps: int
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
 
 
+def flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
+    """A 0/1 switch that survives the trip to the child processes (they get --name=v)."""
+    p.add_argument(name, type=int, nargs="?", const=1, default=0, choices=(0, 1), help=help)
+
+
 def rss_mib() -> float:
     with open("/proc/self/status") as f:
         for line in f:

@@ -42,10 +42,6 @@ CASES = ("packed", "padded")
 QUICK = dict(batch=2, prompt="50:150", response="8:16", long="512:1024", layers=2, steps=1)
 
 
-def flag(p: argparse.ArgumentParser, name: str, help: str) -> None:  # 0/1; children get --name=v
-    p.add_argument(name, type=int, nargs="?", const=1, default=0, choices=(0, 1), help=help)
-
-
 def truncated_model(src: str, layers: int) -> Path:
     """A copy of model `src` with its first `layers` decoder layers (built once, cached)."""
     import torch
@@ -197,8 +193,8 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     h.add_common_args(p, (*CASES, "truncate", "check"), steps=2)
-    flag(p, "--quick", f"smoke run: {QUICK} (explicit options still win)")
-    flag(p, "--grad-ckpt", "model.gradient_checkpointing=true in both cases")
+    h.flag(p, "--quick", f"smoke run: {QUICK} (explicit options still win)")
+    h.flag(p, "--grad-ckpt", "model.gradient_checkpointing=true in both cases")
     p.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers (0 = all)")
     p.add_argument("--batch", type=int, default=4, help="examples in the one micro-batch")
     p.add_argument("--prompt", default="100:600", help="x_short tokens, LO:HI (uniform)")

@@ -92,7 +92,10 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=1024)
     p.add_argument("--response-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=4, help="preference pairs per step, one per micro-batch")
+    h.flag(p, "--quick", "smoke run: the tiny model, 256-token prompts, 2 pairs")
     args = p.parse_args()
+    if args.quick:
+        args.model, args.prompt_tokens, args.batch = "tiny", 256, 2
     rows = h.dispatch(__file__, args, CASES, run_case)
     if rows is None:
         return

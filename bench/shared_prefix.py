@@ -37,7 +37,7 @@ import argparse
 import sys
 
 import _harness as h
-from packing import flag, instrument, learner_for, per_step, prepare_model, truncated_model
+from packing import instrument, learner_for, per_step, prepare_model, truncated_model
 
 LAYOUTS = ("shared", "plain")
 QUICK = dict(
@@ -123,8 +123,8 @@ def main() -> None:
     cases = tuple(f"{s}-{lay}" for s in ("solopo", "logo") for lay in LAYOUTS)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     h.add_common_args(p, (*cases, "truncate", "check"), steps=2)
-    flag(p, "--quick", f"smoke run: {QUICK} (explicit options still win)")
-    flag(p, "--grad-ckpt", "model.gradient_checkpointing=true in every case")
+    h.flag(p, "--quick", f"smoke run: {QUICK} (explicit options still win)")
+    h.flag(p, "--grad-ckpt", "model.gradient_checkpointing=true in every case")
     p.add_argument("--scenarios", default="solopo,logo", help="comma list of solopo, logo")
     p.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers (0 = all)")
     p.add_argument("--pairs", type=int, default=2, help="solopo: pairs in the micro-batch")
