@@ -118,7 +118,10 @@ def register() -> None:
     """Make SEGMENT_ATTENTION a transformers attention implementation (idempotent)."""
     from transformers import AttentionInterface
 
-    AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
+    # Once: DeepSpeed's Ulysses wrapper replaces the entry (in the global instance's own mapping,
+    # which wins over this class-wide one); a later register() must not be able to undo it.
+    if SEGMENT_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
 
 
 def uses_flash(model_config: Any) -> bool:

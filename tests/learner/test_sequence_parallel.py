@@ -55,7 +55,9 @@ def test_tiny_model_replicates_kv_heads() -> None:
         check_heads(SimpleNamespace(num_attention_heads=9, num_key_value_heads=3), 2)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+# ZeRO-3: the stage whose gradient reduction under SP needs the learner's correction (stages 0-2
+# share the core test's arithmetic); ZeRO-2 passes too (run it with stage 2 when touching this).
+@pytest.mark.parametrize("stage", [3])
 def test_learner_sp2_takes_the_sp1_steps(tiny_model_dir: Path, tmp_path: Path, stage: int) -> None:
     common = [
         f"learner.zero_stage={stage}",
