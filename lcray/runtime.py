@@ -216,6 +216,8 @@ def _engine_kwargs(cfg: LcrayConfig, model_path: Path) -> dict:
     # samples and evals come from another model.
     overrides = config_overrides(model_path, rope_theta=m.rope_theta, max_position_embeddings=m.max_position_embeddings)
     common = {"hf_overrides": overrides} if overrides else {}
+    # model.dtype goes as configured: each engine resolves "auto" on its own machine
+    # (models/precision.py), not the driver's, which may be a CPU head submitting to GPU nodes.
     if r.backend == "transformers":
         return {"dtype": cfg.model.dtype, "seed": r.seed, **common}
     return {

@@ -28,6 +28,7 @@ import ray
 import torch
 
 from lcray.learner import export
+from lcray.models.precision import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +183,12 @@ class StaleWeightsError(RuntimeError):
 
 def max_logprob_gap(cfg: Any) -> float:
     """rollout.max_sync_logprob_gap, or its default by precision: a correct bf16 sync already
-    differs by ~0.06 per token on SmolLM2, fp32 by ~1e-5 (see the config comment)."""
+    differs by ~0.06 per token on SmolLM2, fp32 by ~1e-5 (see the config comment). model.dtype=auto
+    is resolved on this (the learner's) machine: engines on other hardware may resolve it otherwise,
+    then set the threshold explicitly."""
     if cfg.rollout.max_sync_logprob_gap is not None:
         return cfg.rollout.max_sync_logprob_gap
-    return 5e-3 if cfg.model.dtype == "float32" and not cfg.learner.bf16 else 0.2
+    return 5e-3 if resolve_dtype(cfg.model.dtype) == "float32" and not cfg.learner.bf16 else 0.2
 
 
 CHECK_MAX_TOKENS = 512  # the tail of each checked sequence (its sampled part), to bound the learner's forward

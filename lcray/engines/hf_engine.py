@@ -13,6 +13,7 @@ import torch
 
 from lcray.engines.base import Completion, GenerationResult, Prompt, SamplingConfig
 from lcray.models import load_causal_lm, load_tokenizer
+from lcray.models.precision import resolve_dtype
 
 
 class HFEngine:
@@ -22,7 +23,9 @@ class HFEngine:
         self.model_path = str(model_path)
         self.tokenizer = load_tokenizer(self.model_path)
         # hf_overrides: the learner's RoPE stretch (models.config_overrides), as vLLM takes it.
-        self.model = load_causal_lm(self.model_path, dtype=dtype, overrides=hf_overrides).eval()
+        # The model stays on the host: dtype "auto" is resolved for this machine's CPU.
+        self.dtype = resolve_dtype(dtype, device="cpu")
+        self.model = load_causal_lm(self.model_path, dtype=self.dtype, overrides=hf_overrides).eval()
         self.seed = seed
         self.weight_version = 0
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from lcray.engines.base import Completion, GenerationResult, Prompt, SamplingConfig
+from lcray.models.precision import resolve_dtype
 
 
 def _set_vllm_env(kv_cache_space_gb: int) -> None:
@@ -26,6 +27,20 @@ def _set_vllm_env(kv_cache_space_gb: int) -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_space_gb))
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+def engine_dtype(dtype: str) -> str:
+    """model.dtype for vLLM (whose own "auto" means the checkpoint's dtype, not lcray's): "auto"
+    resolved on this engine's machine. Call after _set_vllm_env (imports vllm)."""
+    if dtype != "auto":
+        return resolve_dtype(dtype)
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return resolve_dtype(dtype, device="cpu")
+    # GPU vLLM: its own capability check (bf16 from Ampere, 8.0), which also answers in an actor
+    # that holds no GPU itself (tensor_parallel_size > 1 starts its workers through Ray).
+    return "bfloat16" if current_platform.has_device_capability(80) else "float32"
 
 
 class VLLMEngine:
@@ -40,7 +55,9 @@ class VLLMEngine:
         kv_cache_space_gb: int = 1,
         max_model_len: int | None = None,
         enforce_eager: bool = True,
-        dtype: str = "float32",  # bf16 on CPUs without native bf16 garbles output (seen with SmolLM2)
+        # "auto" = bf16 where this machine has it natively (models/precision.py); bf16 on CPUs
+        # without native bf16 garbles output (seen with SmolLM2).
+        dtype: str = "float32",
         seed: int = 0,
         weight_transfer: str | None = None,  # "nccl" on GPU clusters (actors/weight_sync.py)
         hf_overrides: dict | None = None,  # the learner's RoPE stretch (models.config_overrides)
@@ -62,7 +79,7 @@ class VLLMEngine:
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
-            dtype=dtype,
+            dtype=engine_dtype(dtype),
             seed=seed,
             distributed_executor_backend=distributed_executor_backend,
             hf_overrides=dict(hf_overrides or {}),

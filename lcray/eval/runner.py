@@ -316,7 +316,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--needle-depths", default="0,0.5,1", help="needle depths in [0, 1] (0 = start)")
     p.add_argument("--needle-trials", type=int, default=1, help="haystacks per (length, depth) cell")
     p.add_argument("--backend", choices=("vllm", "transformers"), default="vllm")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (results.json, results.md, needle.*)")

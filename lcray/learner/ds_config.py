@@ -17,7 +17,12 @@ def examples_per_rank(learner: LearnerConfig, world_size: int) -> int:
 
 
 def build_ds_config(
-    learner: LearnerConfig, world_size: int, *, with_optimizer: bool = True, accelerator: bool | None = None
+    learner: LearnerConfig,
+    world_size: int,
+    *,
+    with_optimizer: bool = True,
+    accelerator: bool | None = None,
+    bf16: bool | None = None,
 ) -> dict:
     """One "sample" per DeepSpeed micro-step: the learner plans its micro-batches (a fixed count,
     or a token budget, times sequence-parallel rounds and staged passes), sets DeepSpeed's
@@ -27,6 +32,8 @@ def build_ds_config(
 
     `accelerator`: whether the learner has a GPU (None = torch.cuda.is_available()); ZeRO offload
     keys are only written then, since on a CPU learner there is nothing to offload.
+    `bf16`: DeepSpeed's bf16 mode (None = learner.bf16); the learner passes
+    models.precision.learner_precision(cfg).deepspeed_bf16.
     """
     zero: dict = {"stage": learner.zero_stage}
     if learner.zero_stage == 3:
@@ -46,7 +53,7 @@ def build_ds_config(
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "zero_optimization": zero,
-        "bf16": {"enabled": learner.bf16},
+        "bf16": {"enabled": learner.bf16 if bf16 is None else bf16},
         "gradient_clipping": learner.max_grad_norm,
         "steps_per_print": 10**9,  # lcray logs its own metrics
         "wall_clock_breakdown": False,

@@ -11,6 +11,7 @@ import torch
 
 from lcray.config import LcrayConfig, LearnerConfig
 from lcray.models import attention, config_overrides, load_causal_lm
+from lcray.models.precision import learner_precision
 
 # With LoRA the DPO reference is the policy network itself with its adapters disabled.
 ADAPTERS_OFF = "adapters-off"
@@ -39,11 +40,12 @@ def model_overrides(cfg: LcrayConfig, model_path: str) -> dict[str, Any]:
 
 
 def load_base_model(cfg: LcrayConfig, model_path: str) -> torch.nn.Module:
-    """The HF model with the config's dtype, attention kernel and RoPE overrides."""
+    """The HF model with the config's dtype (models/precision.py: auto is resolved on this
+    learner's machine), attention kernel and RoPE overrides."""
     m = cfg.model
     return load_causal_lm(
         model_path,
-        dtype=m.dtype,
+        dtype=learner_precision(cfg).load_dtype,
         attn_implementation=m.attn_implementation,
         overrides=model_overrides(cfg, model_path),
     )

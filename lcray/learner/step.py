@@ -31,6 +31,7 @@ from lcray.learner.micro_batches import MicroBatch, plan_micro_batches
 from lcray.models import load_tokenizer, resolve_model_path, sequence_logprobs
 from lcray.models.layout import Group, layout_groups
 from lcray.models.logprobs import token_logprobs
+from lcray.models.precision import learner_precision
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -71,7 +72,9 @@ class PolicyLearner:
         solo_ra = cfg.algo.solo_ra
         # Backward passes per micro-batch: 2 when the x_long term is backwarded on its own.
         self.passes = 2 if solo_ra.staged_backward and solo_ra.alpha > 0 else 1
-        self.ds_config = build_ds_config(lr, self.world_size)
+        # model.dtype=auto on a machine with native bf16: fp32 weights, every forward under autocast
+        self.precision = learner_precision(cfg)
+        self.ds_config = build_ds_config(lr, self.world_size, bf16=self.precision.deepspeed_bf16)
         self.zero_stage = self.ds_config["zero_optimization"]["stage"]
         self.examples_per_step = examples_per_rank(lr, self.world_size)
         # ZeRO-3's default reduce-scatter averages gradients over the whole world, without the
@@ -92,7 +95,9 @@ class PolicyLearner:
         self.device = collectives.learner_device(self.engine)
         self.ref = None
         if needs_reference(cfg.algo.loss_type):
-            ref_ds_config = build_ds_config(lr, self.world_size, with_optimizer=False)
+            ref_ds_config = build_ds_config(
+                lr, self.world_size, with_optimizer=False, bf16=self.precision.deepspeed_bf16
+            )
             self.ref = model_setup.load_reference(
                 cfg, self.model_path, self.ds_config, ref_ds_config, device=self.device, mpu=self.mpu
             )
@@ -108,8 +113,17 @@ class PolicyLearner:
             pad_id=self.tokenizer.pad_token_id or 0,
         )
 
+    def _autocast(self) -> Any:
+        """bf16 autocast around a forward when model.dtype=auto picked it (backward runs outside;
+        the checkpointed recomputes restore it). Otherwise nothing: not autocast(enabled=False),
+        which would switch off a caller's own autocast."""
+        if not self.precision.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
     def _logps(self, model: Any, groups: list[Group]) -> SeqLogps:
-        return sequence_logprobs(model, self._layout(groups), sp=self.sp)
+        with self._autocast():
+            return sequence_logprobs(model, self._layout(groups), sp=self.sp)
 
     @contextlib.contextmanager
     def _reference(self) -> Iterator[Any]:
@@ -398,6 +412,7 @@ class PolicyLearner:
         was_training = module.training
         module.eval()
         try:
-            return token_logprobs(module, sequences, sp=self.sp)
+            with self._autocast():
+                return token_logprobs(module, sequences, sp=self.sp)
         finally:
             module.train(was_training)

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from lcray.models.cache import cache_dir
+from lcray.models.precision import resolve_dtype
 from lcray.models.smollm2 import prepare_smollm2
 from lcray.models.tiny import build_tiny_model
 
 BUILTIN_MODELS = ("tiny", "smollm2")
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_model_path(name_or_path: str | os.PathLike[str]) -> Path:
@@ -76,12 +76,12 @@ def load_causal_lm(
     attn_implementation: str = "sdpa",
     overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """Load a causal LM from a local folder, with `config_overrides(...)` applied to its config."""
+    """Load a causal LM from a local folder, with `config_overrides(...)` applied to its config.
+    `dtype`: a torch dtype name, or "auto" (models/precision.py: bf16 where this machine has it natively)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    dtype = resolve_dtype(dtype)
     folder = resolve_model_path(path)
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     config.update(dict(overrides or {}))

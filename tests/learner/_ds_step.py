@@ -38,8 +38,15 @@ def main() -> None:
     p.add_argument("--check-weight-source", action="store_true")
     p.add_argument("--save-hf", default=None, help="also save the trained policy as an HF folder here")
     p.add_argument("--nan-beta-at", type=int, default=0, help="make the loss NaN from this step on (algo.beta=nan)")
+    p.add_argument(
+        "--cpu-flags", default=None, help="comma-separated CPU flags model.dtype=auto sees (else /proc/cpuinfo)"
+    )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
+    if args.cpu_flags is not None:
+        from lcray.models import precision
+
+        precision.cpu_flags = lambda: frozenset(args.cpu_flags.split(","))
     cfg = load_config(None, [f"model.name_or_path={args.model}", "learner.learning_rate=0.001", *args.overrides])
     init_process_group(0, 1, "127.0.0.1", free_port())
     learner = PolicyLearner(cfg, total_steps=args.steps)
@@ -89,6 +96,9 @@ def main() -> None:
                 "changed": changed,
                 "error": error,
                 "all_finite": all(bool(v.float().isfinite().all()) for v in exported.values()),
+                "param_dtype": str(next(learner.engine.module.parameters()).dtype),
+                "ds_bf16": learner.engine.bfloat16_enabled(),
+                "autocast": learner.precision.autocast,
             }
         ),
         flush=True,
