@@ -22,6 +22,21 @@ from lcray.utils.batching import balanced_shards, contiguous_slices
 log = logging.getLogger(__name__)
 
 
+def set_cpu_threads(learner: Any, world_size: int) -> int | None:
+    """A CPU learner's intra-op threads (learner.num_threads; 0 = cores / learners): Ray pins an
+    actor's OMP_NUM_THREADS to its num_cpus, 1 by default, and the learner would train on one
+    core while the engines, which take turns with it, sit idle. GPU learners keep Ray's setting."""
+    import torch
+
+    if learner.gpus_per_learner > 0 or torch.cuda.is_available():
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = learner.num_threads or max(1, cores // world_size)
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)  # DeepSpeed's and the tokenizers' own pools
+    return n
+
+
 class LearnerWorker:
     """The actor body (a plain class: the core logic lives in learner.step.PolicyLearner)."""
 
@@ -30,6 +45,7 @@ class LearnerWorker:
         self.rank, self.world_size = rank, world_size
         self.learner: Any = None
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/lcray/torch_extensions"))
+        set_cpu_threads(self.cfg.learner, world_size)
 
     def rendezvous(self) -> tuple[str, int]:
         from lcray.learner.distributed import free_port, node_ip
@@ -37,6 +53,8 @@ class LearnerWorker:
         return node_ip(), free_port()
 
     def setup(self, master_addr: str, master_port: int, total_steps: int) -> dict:
+        import torch
+
         from lcray.learner import PolicyLearner
         from lcray.learner.distributed import init_process_group
 
@@ -46,6 +64,7 @@ class LearnerWorker:
             "rank": self.rank,
             "backend": backend,
             "pid": os.getpid(),
+            "num_threads": torch.get_num_threads(),  # what the learner trains on (set_cpu_threads)
             "node": ray.get_runtime_context().get_node_id(),
         }
 

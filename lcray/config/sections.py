@@ -134,6 +134,10 @@ class LearnerConfig:
     seed: int = 42  # learner seed (model init, dropout)
     cpus_per_learner: float = 1.0  # Ray CPUs reserved per learner actor
     gpus_per_learner: float = 0.0  # Ray GPUs reserved per learner actor
+    # Intra-op threads of a CPU learner. Ray sets OMP_NUM_THREADS to the actor's num_cpus (1 by
+    # default), which would train on one core while the roles take turns; 0 = this machine's cores
+    # / num_learners. Learners with a GPU keep Ray's setting (their math is on the GPU).
+    num_threads: int = 0
     # Ulysses sequence parallelism (DeepSpeed ALST): each sequence is split over this many ranks,
     # attention heads are exchanged all-to-all. num_learners = data-parallel size x this.
     sequence_parallel_size: int = 1

@@ -80,6 +80,7 @@ _CHECKS: dict[str, tuple] = {
     "learner.micro_train_batch_size": _POS,
     "learner.train_batch_size": _POS,
     "learner.cpus_per_learner": _NONNEG,
+    "learner.num_threads": _NONNEG,
     "learner.gpus_per_learner": _NONNEG,
     "learner.sequence_parallel_size": _POS,
     "learner.max_tokens_per_micro_batch": _POS,

@@ -1,6 +1,8 @@
 """LearnerGroup on a real local Ray: DeepSpeed over gloo across learner actors, weight sync
 into a real vLLM engine, and checkpoint/resume."""
 
+import os
+
 import pytest
 import ray
 import torch
@@ -41,6 +43,9 @@ def test_two_ranks_match_one_rank(ray_local, tiny_model_dir, tmp_path, stage, ma
         )
         try:
             assert [i["rank"] for i in group.info] == list(range(k))
+            # Ray pins the actors' OMP_NUM_THREADS to num_cpus=1; a CPU learner takes its share of cores
+            cores = len(os.sched_getaffinity(0))
+            assert [i["num_threads"] for i in group.info] == [max(1, cores // k)] * k
             curves[k] = run(group, batches)
         finally:
             group.shutdown()

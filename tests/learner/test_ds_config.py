@@ -20,6 +20,22 @@ def test_offload_keys_only_where_there_is_an_accelerator() -> None:
     assert "offload_optimizer" not in cpu["zero_optimization"] and "offload_param" not in cpu["zero_optimization"]
 
 
+@pytest.mark.parametrize(
+    "overrides,world,stage",
+    [
+        (["learner.zero_stage=2"], 1, 0),  # ZeRO-1/2 alone only add flat partition copies
+        (["learner.zero_stage=1"], 1, 0),
+        (["learner.zero_stage=2"], 2, 2),
+        (["learner.zero_stage=3"], 1, 3),  # ZeRO-3 on one rank is asked for on purpose (zero.Init)
+        (["learner.zero_stage=2", "learner.bf16=true"], 1, 2),  # bf16 master weights live in ZeRO
+        (["learner.zero_stage=2", "learner.offload_optimizer=true"], 1, 2),
+    ],
+)
+def test_single_rank_zero_1_2_runs_stage_0(overrides: list[str], world: int, stage: int) -> None:
+    lr = load_config(None, [f"learner.num_learners={world}", *overrides]).learner
+    assert build_ds_config(lr, world, accelerator=True)["zero_optimization"]["stage"] == stage
+
+
 def test_batch_size_counts_data_parallel_ranks_only() -> None:
     lr = load_config(None, ["learner.num_learners=4", "learner.sequence_parallel_size=2"]).learner
     ds = build_ds_config(lr, 4)
