@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Reproduce the papers' comparison at laptop scale: base vs Long-PO vs SoLoPO vs LOGO.
+"""Reproduce the papers' comparison at laptop scale: base vs Long-PO vs SoLoPO vs LOGO (+ SFT).
 
     python recipes/reproduce.py                       # full preset: SmolLM2-135M, ~40 min on 2 CPU cores
     python recipes/reproduce.py --dry-run             # print the settings and the planned budget only
@@ -14,6 +14,9 @@ model, data; recipes/reproduce.yaml) and differs only in its loss:
     long-po   the chosen PO on the LONG context, no SoLo-RA (solopo.long_po=true, alpha 0)
     solopo    the chosen PO on the SHORT context + SoLo-RA on the long one (paper alpha)
     logo      LOGO (multi-negative, reference-free) on its positional-index-synthesized data
+    sft       the sanity row: supervised fine-tuning on the gold answers with the LONG contexts
+              (no rollout, no rejected answers); if it cannot move long-context accuracy, no
+              preference method is expected to either
 
 Each method is one trainer run in <out>/<method>/ (one embedded Ray shared by the runs). All of
 them are scored on the same held-out questions (different seed and entity pool than training)
@@ -40,6 +43,7 @@ from _bootstrap import REPO, bootstrap
 bootstrap()
 
 from lcray.config import ConfigError, LcrayConfig, load_config, to_dict  # noqa: E402
+from lcray.data.contexts import gold_reply  # noqa: E402
 from lcray.eval.report import (  # noqa: E402
     BOOT_SEED,
     CONFIDENCE,
@@ -73,6 +77,8 @@ LOGO_SETTINGS = [
     "algo.logo.num_negatives=2",
     "algo.solo_ra.alpha=0",
 ]  # paper: Mistral-7B beta/gamma, lambda 0.1, M 2
+SFT_SETTINGS = ["algo.loss_type=sft", "algo.solo_ra.alpha=0"]  # the loss is the NLL: no beta, gamma or nll_coef
+OFFLINE = ("logo", "sft")  # trained on a fixed example list: no rollout in their steps
 
 # The tiny CI preset: a random model, so the gold answer is the letter pair "er" (some samples
 # contain it, some don't: pairs form); 2 steps, 4 held-out questions. A random model (almost)
@@ -134,6 +140,8 @@ def method_overrides(method: str, po: str) -> list[str]:
         ]
     if method == "logo":
         return list(LOGO_SETTINGS)
+    if method == "sft":
+        return list(SFT_SETTINGS)
     raise ValueError(f"no trainer for method {method!r}")
 
 
@@ -185,8 +193,9 @@ def estimate_minutes(cfg: LcrayConfig, methods: Sequence[str], speed: str = "mid
         "long-po": 2 * d.long_context_tokens,
         "solopo": 2 * d.short_context_tokens + d.long_context_tokens,
         "logo": logo_tokens,
+        "sft": d.long_context_tokens,  # [long prompt | gold answer], one sequence per example
     }
-    step_s = {m: (0.0 if m == "logo" else rollout_s) + learner_s * tokens[m] / LEARNER_REF_TOKENS for m in trained}
+    step_s = {m: (0.0 if m in OFFLINE else rollout_s) + learner_s * tokens[m] / LEARNER_REF_TOKENS for m in trained}
     plan = {
         "start-up": STARTUP_MIN * max(len(trained), 1),
         "eval": eval_min * (len(trained) + ("base" in methods)),
@@ -239,6 +248,9 @@ def settings_items(cfg: LcrayConfig, args: argparse.Namespace, prompt_tokens: di
         f"{cfg.logo_data.num_relevant} relevant / {cfg.logo_data.num_partial} partial, "
         f"{cfg.logo_data.context_chunks}-chunk training context over a {d.target_len}-position window, "
         f"{cfg.scorer.importance} chunk importance",
+        "SFT (sanity)": f'{", ".join(SFT_SETTINGS)}: the mean token NLL of the gold answer ("{gold_reply("<gold>")}" '
+        f"+ EOS) on the LONG-context prompt of each of the {n_train} training questions, cycled; no rollout, "
+        "no reference, no rejected answers",
         "Eval": f"greedy, <= {cfg.eval.max_new_tokens} new tokens, sub-EM on the extracted answer; "
         f"base = the untrained model (eval_before of the first run)",
         "Statistics": f"percentile bootstrap over questions, {NUM_RESAMPLES} resamples, {int(CONFIDENCE * 100)}%, "
@@ -335,9 +347,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.base_overrides = args.base_overrides + write_ci_data(out)
         shared = load_config(args.config, args.base_overrides)
 
+    from lcray.trainers.sft import SFTTrainer
     from lcray.trainers.solopo import SoLoPOTrainer
 
-    LOGOTrainer = timed_logo_trainer()
+    trainers = {"logo": timed_logo_trainer(), "sft": SFTTrainer}  # any other method: SoLoPOTrainer
 
     started_ray = not ray.is_initialized()
     t_start = time.perf_counter()
@@ -355,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             cfg = load_config(
                 args.config, [*args.base_overrides, *extra, *run_dir_overrides(out, method, eval_before=eval_before)]
             )
-            trainer = (LOGOTrainer if method == "logo" else SoLoPOTrainer)(cfg)
+            trainer = trainers.get(method, SoLoPOTrainer)(cfg)
             if golds is None:
                 golds = [p.answers for p in trainer.eval_prompts]
                 n = max(len(trainer.eval_prompts), 1)

@@ -154,7 +154,7 @@ def test_section_must_be_mapping_and_top_level_must_be_mapping(tmp_path):
 
 
 def test_literal_choice_error():
-    with pytest.raises(ConfigError, match=r"algo\.loss_type: must be one of dpo, simpo, orpo, logo, got 'ppo'"):
+    with pytest.raises(ConfigError, match=r"algo\.loss_type: must be one of dpo, simpo, orpo, logo, sft, got 'ppo'"):
         load_config(None, ["algo.loss_type=ppo"])
 
 
@@ -386,3 +386,12 @@ def test_precompute_ref_logps_needs_a_reference_loss(loss_type):
     with pytest.raises(ConfigError, match=rf"algo.precompute_ref_logps: algo.loss_type={loss_type} has no reference"):
         load_config(None, [f"algo.loss_type={loss_type}", "algo.precompute_ref_logps=true"])
     assert load_config(None, ["algo.loss_type=dpo", "algo.precompute_ref_logps=true"]).algo.precompute_ref_logps
+
+
+def test_sft_has_no_solo_ra():
+    """SFT trains on the long context itself: SoLo-RA is refused at load time, not at the first step."""
+    with pytest.raises(ConfigError, match=r"algo.solo_ra.alpha: must be 0 with algo.loss_type=sft .*got 0.5") as exc:
+        load_config(None, ["algo.loss_type=sft", "algo.solo_ra.alpha=0.5"])
+    assert exc.value.key == "algo.solo_ra.alpha"
+    assert load_config(None, ["algo.loss_type=sft", "algo.solo_ra.alpha=0"]).algo.loss_type == "sft"
+    assert load_config(None, ["algo.loss_type=simpo", "algo.solo_ra.alpha=0.5"]).algo.solo_ra.alpha == 0.5

@@ -5,9 +5,12 @@ The loss is looked up by name in lcray.algos.registry.LOSSES:
 - "logo" uses all M negatives in one term (logo_loss).
 - "dpo" / "simpo" / "orpo" with M > 1: the pairwise loss is computed against every negative and
   AVERAGED over the M negatives (ORPO's NLL term is per chosen response, so it counts once).
+- "sft" reads the chosen response only; its examples may carry none (M = 0, rejected [B, 0]),
+  and the metrics that compare y_w with a negative are then left out, not NaN.
 Knobs that a loss does not use (its LossSpec flags) raise instead of being silently ignored:
 label_smoothing only for dpo/simpo, simpo_gamma only for simpo/logo, nll_coef not for orpo
-(ORPO already has its own NLL term, weight 1; its lambda is `beta`, TRL's ORPOConfig.beta)."""
+(ORPO already has its own NLL term, weight 1; its lambda is `beta`, TRL's ORPOConfig.beta) nor
+sft (the loss is the NLL), solo_ra_alpha not for sft."""
 
 from __future__ import annotations
 
@@ -20,7 +23,12 @@ from lcray.algos.stats import SeqLogps
 
 LOSS_TYPES = tuple(LOSSES)
 # Knob -> the LossSpec flag that allows a non-zero value.
-_KNOBS = {"label_smoothing": "uses_label_smoothing", "simpo_gamma": "uses_gamma", "nll_coef": "uses_nll_coef"}
+_KNOBS = {
+    "label_smoothing": "uses_label_smoothing",
+    "simpo_gamma": "uses_gamma",
+    "nll_coef": "uses_nll_coef",
+    "solo_ra_alpha": "uses_solo_ra",
+}
 
 
 def _names(names: tuple[str, ...]) -> str:
@@ -30,7 +38,6 @@ def _names(names: tuple[str, ...]) -> str:
 def _check_args(
     spec: LossSpec,
     knobs: dict[str, float],
-    solo_ra_alpha: float,
     chosen: SeqLogps,
     rejected: SeqLogps,
     ref_chosen: SeqLogps | None,
@@ -43,7 +50,7 @@ def _check_args(
             raise ValueError(
                 f"{knob} is only defined for {_names(losses_with(_KNOBS[knob]))}, not {spec.name}; set {knob}=0"
             )
-    if knobs["nll_coef"] < 0 or solo_ra_alpha < 0:
+    if knobs["nll_coef"] < 0 or knobs["solo_ra_alpha"] < 0:
         raise ValueError("nll_coef and solo_ra_alpha must be >= 0")
     if chosen.logp.dim() != 1:
         raise ValueError(f"chosen must be [B], got {tuple(chosen.logp.shape)}")
@@ -51,12 +58,14 @@ def _check_args(
         raise ValueError(
             f"rejected must be [B] or [B, M] with B = {chosen.logp.shape[0]}, got {tuple(rejected.logp.shape)}"
         )
+    if spec.needs_rejected and rejected.as_2d().logp.shape[1] == 0:
+        raise ValueError(f"{spec.name} needs at least one rejected response per example, got M = 0")
     if spec.needs_reference:
         if ref_chosen is None or ref_rejected is None:
             raise ValueError(f"{spec.name} needs ref_chosen and ref_rejected")
         if ref_chosen.logp.shape != chosen.logp.shape or ref_rejected.logp.shape != rejected.logp.shape:
             raise ValueError("reference log-probs must have the policy's shapes")
-    if solo_ra_alpha > 0:
+    if knobs["solo_ra_alpha"] > 0:
         if chosen_long is None:
             raise ValueError("solo_ra_alpha > 0 needs chosen_long (y_w scored on the long context)")
         if chosen_long.logp.shape != chosen.logp.shape:
@@ -87,6 +96,8 @@ def solo_ra_objective(
     gives the rest. The two gradients sum to preference_objective's joint one.
     """
     spec = get_loss(loss_type)
+    if not spec.uses_solo_ra:
+        raise ValueError(f"SoLo-RA is only defined for {_names(losses_with('uses_solo_ra'))}, not {loss_type}")
     if spec.needs_reference and (ref_chosen is None or ref_chosen_long is None):
         raise ValueError(f"SoLo-RA with {loss_type} needs ref_chosen and ref_chosen_long")
     r_short = _reward(spec, chosen, ref_chosen, beta)
@@ -119,8 +130,7 @@ def preference_objective(
     spec = get_loss(loss_type)
     _check_args(
         spec,
-        dict(label_smoothing=label_smoothing, simpo_gamma=simpo_gamma, nll_coef=nll_coef),
-        solo_ra_alpha,
+        dict(label_smoothing=label_smoothing, simpo_gamma=simpo_gamma, nll_coef=nll_coef, solo_ra_alpha=solo_ra_alpha),
         chosen,
         rejected,
         ref_chosen,
@@ -164,20 +174,21 @@ def _metrics(
     rej: SeqLogps,
     r_long: Tensor | None,
 ) -> dict[str, float]:
-    margin = r_w.unsqueeze(-1) - r_l  # [B, M]
     m = {
         "loss": loss.item(),
         "po_loss": po.detach().mean().item(),
         "solo_ra": solo.detach().mean().item(),
         "rewards/chosen": r_w.mean().item(),
-        "rewards/rejected": r_l.mean().item(),
-        "rewards/margin": margin.mean().item(),
-        # A sample counts as correct only if y_w beats every negative.
-        "rewards/accuracy": (margin > 0).all(dim=-1).float().mean().item(),
         "logps/chosen_avg": chosen.avg.detach().mean().item(),
-        "logps/rejected_avg": rej.avg.detach().mean().item(),
         "nll/chosen": chosen.nll.detach().mean().item(),
     }
+    if rej.logp.shape[-1]:  # M = 0 (SFT): no negative to compare with; a mean of nothing is NaN
+        margin = r_w.unsqueeze(-1) - r_l  # [B, M]
+        m["rewards/rejected"] = r_l.mean().item()
+        m["rewards/margin"] = margin.mean().item()
+        # A sample counts as correct only if y_w beats every negative.
+        m["rewards/accuracy"] = (margin > 0).all(dim=-1).float().mean().item()
+        m["logps/rejected_avg"] = rej.avg.detach().mean().item()
     if r_long is not None:
         m["rewards/chosen_long"] = r_long.mean().item()
         m["rewards/short_long_gap"] = (r_w - r_long).abs().mean().item()

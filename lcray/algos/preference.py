@@ -1,4 +1,4 @@
-"""Pairwise preference losses (DPO, SimPO, ORPO) and their sequence rewards.
+"""Pairwise preference losses (DPO, SimPO, ORPO) and their sequence rewards (SFT's too).
 
 Every loss returns the PER-SAMPLE loss (no reduction); the inputs are element-wise, so any
 broadcastable shapes work (the objective dispatcher relies on that for M negatives).
@@ -99,6 +99,12 @@ def orpo_reward(*, avg_logp: Tensor, **_: object) -> Tensor:
     return log_odds(avg_logp)
 
 
+def sft_reward(*, avg_logp: Tensor, **_: object) -> Tensor:
+    """avg_logp = -NLL: what SFT raises. SFT has no implicit reward nor a reward scale; this one
+    only fills the rewards/chosen metric (SoLo-RA, which would align it, is off for SFT)."""
+    return avg_logp
+
+
 # reward kind (= loss name) -> (inputs that must not be None, formula). lcray.algos.registry
 # builds on this module, so it cannot be imported here; tests/algos/test_registry.py checks
 # that every LossSpec scores with its kind's formula.
@@ -107,6 +113,7 @@ REWARDS: dict[str, tuple[tuple[str, ...], RewardFn]] = {
     "simpo": (("avg_logp",), simpo_reward),
     "orpo": (("avg_logp",), orpo_reward),
     "logo": (("avg_logp",), simpo_reward),
+    "sft": (("avg_logp",), sft_reward),
 }
 REWARD_KINDS = tuple(REWARDS)
 
@@ -122,7 +129,8 @@ def reward(
     """Sequence reward of algorithm `kind`.
 
     dpo: beta * (logp - ref_logp);  simpo / logo: beta * avg_logp;  orpo: log_odds(avg_logp)
-    (beta ignored: ORPO's beta is the weight lambda of the odds-ratio term, not a reward scale).
+    (beta ignored: ORPO's beta is the weight lambda of the odds-ratio term, not a reward scale);
+    sft: avg_logp (beta ignored).
     """
     if kind not in REWARDS:
         raise ValueError(f"unknown reward kind {kind!r}; expected one of {REWARD_KINDS}")

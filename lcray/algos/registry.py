@@ -1,4 +1,4 @@
-"""The preference losses by name: one LossSpec each, the one list of loss names in lcray.
+"""The training losses by name: one LossSpec each, the one list of loss names in lcray.
 
 preference_objective dispatches through LOSSES, and lcray.config builds AlgoConfig.loss_type's
 choices from it, so a new loss is one entry here (plus its reward kind in preference.REWARDS).
@@ -8,7 +8,8 @@ Every `loss` takes (chosen [B], rejected [B, M], ref_chosen, ref_rejected) as Se
 knobs beta, gamma, label_smoothing (ignoring those its flags say it does not use), and returns the
 per-sample loss [B]. A pairwise loss with M > 1 negatives is computed against each negative and
 AVERAGED over them; LOGO takes all M in one term. The NLL term nll_coef * NLL(y_w) is added by the
-objective, once per sample, for every loss with uses_nll_coef.
+objective, once per sample, for every loss with uses_nll_coef. SFT is the one loss without a
+preference (needs_rejected False): its examples may have M = 0 rejected responses, [B, 0].
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from lcray.algos.logo import logo_loss
-from lcray.algos.preference import RewardFn, dpo_loss, dpo_reward, orpo_loss, orpo_reward, simpo_loss, simpo_reward
+from lcray.algos.preference import (
+    RewardFn,
+    dpo_loss,
+    dpo_reward,
+    orpo_loss,
+    orpo_reward,
+    sft_reward,
+    simpo_loss,
+    simpo_reward,
+)
 from lcray.algos.stats import SeqLogps
 
 LossFn = Callable[..., Tensor]
@@ -36,6 +46,11 @@ class LossSpec:
     uses_gamma: bool = False  # simpo_gamma, the target reward margin
     uses_label_smoothing: bool = False  # conservative (cDPO) label smoothing
     uses_nll_coef: bool = True  # False where the loss has its own NLL term (ORPO, weight 1)
+    # Compares y_w with M >= 1 dis-preferred responses (every loss but SFT, which reads none).
+    needs_rejected: bool = True
+    # solo_ra.alpha: SoLo-RA aligns the loss's reward between the short and the long context.
+    # Not SFT's: it trains on the long context itself, and has no reward to align.
+    uses_solo_ra: bool = True
 
 
 def _col(t: Tensor) -> Tensor:
@@ -92,6 +107,21 @@ def _logo(
     return logo_loss(c.avg, r.avg, c.nll, beta=beta, gamma=gamma, nll_coef=0.0)  # the objective adds the NLL
 
 
+def _sft(
+    c: SeqLogps,
+    r: SeqLogps | None,
+    rc: SeqLogps | None,
+    rr: SeqLogps | None,
+    *,
+    beta: float,
+    gamma: float,
+    label_smoothing: float,
+) -> Tensor:
+    # Supervised fine-tuning: the chosen response's token-mean NLL, nothing else (no rejected,
+    # no reference); the baseline that says whether a budget moves the model at all.
+    return c.nll
+
+
 LOSSES: dict[str, LossSpec] = {
     s.name: s
     for s in (
@@ -99,6 +129,8 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec("simpo", _simpo, simpo_reward, uses_gamma=True, uses_label_smoothing=True),
         LossSpec("orpo", _orpo, orpo_reward, uses_nll_coef=False),
         LossSpec("logo", _logo, simpo_reward, uses_gamma=True),
+        # uses_nll_coef False: the loss IS the NLL; an extra nll_coef would only rescale it.
+        LossSpec("sft", _sft, sft_reward, uses_nll_coef=False, needs_rejected=False, uses_solo_ra=False),
     )
 }
 

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
-from lcray.algos.registry import needs_reference
+from lcray.algos.registry import get_loss, losses_with, needs_reference
 from lcray.config.sections import LcrayConfig
 
 
@@ -161,6 +161,7 @@ def validate(cfg: LcrayConfig) -> None:
             key="learner.train_batch_size",
         )
     _check_long_context_learner(cfg)
+    _check_loss_knobs(cfg)
     if cfg.scorer.reward == "reward_model" and not cfg.scorer.reward_model_path:
         raise ConfigError(
             "scorer.reward_model_path: must be set when scorer.reward=reward_model", key="scorer.reward_model_path"
@@ -274,4 +275,17 @@ def _check_long_context_learner(cfg: LcrayConfig) -> None:
         raise ConfigError(
             f"algo.precompute_ref_logps: algo.loss_type={cfg.algo.loss_type} has no reference model",
             key="algo.precompute_ref_logps",
+        )
+
+
+def _check_loss_knobs(cfg: LcrayConfig) -> None:
+    """What the objective would refuse only at the first step, after Ray, the engines and the
+    eval before training have started."""
+    a = cfg.algo
+    # SFT examples also have no long_prompt_ids: the learner's SoLo-RA forward would fail on them.
+    if a.solo_ra.alpha > 0 and not get_loss(a.loss_type).uses_solo_ra:
+        raise ConfigError(
+            f"algo.solo_ra.alpha: must be 0 with algo.loss_type={a.loss_type} (SoLo-RA aligns the rewards "
+            f"of {', '.join(losses_with('uses_solo_ra'))} between contexts), got {a.solo_ra.alpha!r}",
+            key="algo.solo_ra.alpha",
         )

@@ -62,6 +62,12 @@ def render_prompt(context: str, question: str, tokenizer: Any = None) -> str:
     return content + "\n"
 
 
+def gold_reply(answer: str) -> str:
+    """The reply INSTRUCTION asks for, with `answer` in it: what SFT trains the policy to write
+    (and the "Answer:" line lcray.scorers.extract_answer reads back)."""
+    return f"Answer: {answer}"
+
+
 def _count(tokenizer: Any, texts: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 

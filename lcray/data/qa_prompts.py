@@ -73,6 +73,13 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def response_ids(tokenizer: Any, text: str) -> list[int]:
+    """An answer's ids as the policy writes them after render_prompt's generation prompt: the
+    assistant turn's text, then EOS (the chat template closes the turn with it), so a trained
+    answer teaches the model to stop."""
+    return _ids(tokenizer, text + (tokenizer.eos_token or ""))
+
+
 def build_prompts(
     records: Sequence[QARecord],
     tokenizer: Any,
@@ -232,13 +239,12 @@ def pair_from_row(
         raise DataError(
             f"field {rejected_key!r}: identical to {chosen_key!r} (no preference to learn)", field=rejected_key
         )
-    eos = tokenizer.eos_token or ""  # answers must teach the model to stop
     short_ids, long_ids = _ids(tokenizer, texts[prompt_key]), _ids(tokenizer, texts[long_prompt_key])
     example = PreferenceExample(
         id=str(row.get("id") or default_id),
         prompt_ids=long_ids if long_po else short_ids,
-        chosen_ids=_ids(tokenizer, texts[chosen_key] + eos),
-        rejected_ids=[_ids(tokenizer, texts[rejected_key] + eos)],
+        chosen_ids=response_ids(tokenizer, texts[chosen_key]),
+        rejected_ids=[response_ids(tokenizer, texts[rejected_key])],
         long_prompt_ids=None if long_po else long_ids,
     )
     checks = [(long_prompt_key if long_po else prompt_key, example.prompt_ids, max_prompt_len, "data.max_prompt_len")]

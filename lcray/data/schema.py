@@ -5,6 +5,8 @@ A row is a prompt, one chosen response and M rejected ones, all as token ids:
   (`prompt_position_ids`) that spread it over a long window; M = logo.num_negatives.
 - SoLoPO: prompt = the SHORT context x_short; `long_prompt_ids` = x_long, on which the chosen
   answer is re-scored for short-to-long reward alignment (SoLo-RA); M = 1.
+- SFT: prompt = the LONG context, chosen = the gold answer, M = 0 (no rejected response: the
+  learner then forwards [prompt | chosen] alone, so nothing is spent on a dummy negative).
 Responses take the position ids right after their prompt's last id.
 """
 
@@ -34,7 +36,7 @@ PREFERENCE_SCHEMA = pa.schema(
 class PreferenceExample:
     prompt_ids: list[int]
     chosen_ids: list[int]
-    rejected_ids: list[list[int]]  # M >= 1 dis-preferred responses
+    rejected_ids: list[list[int]]  # M dis-preferred responses; M = 0 only for SFT (a loss without one)
     prompt_position_ids: list[int] | None = None
     long_prompt_ids: list[int] | None = None
     id: str = ""
@@ -46,8 +48,9 @@ class PreferenceExample:
             raise ValueError(f"{where}: prompt_ids is empty")
         if not self.chosen_ids:
             raise ValueError(f"{where}: chosen_ids is empty")
-        if not self.rejected_ids or any(not r for r in self.rejected_ids):
-            raise ValueError(f"{where}: rejected_ids needs at least one non-empty response")
+        # M = 0 is allowed (SFT); whether the loss needs a rejected response is the objective's check.
+        if any(not r for r in self.rejected_ids):
+            raise ValueError(f"{where}: rejected_ids holds an empty response")
         pos = self.prompt_position_ids
         if pos is not None:
             if len(pos) != len(self.prompt_ids):

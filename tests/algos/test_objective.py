@@ -5,7 +5,10 @@ import math
 import pytest
 import torch
 
-from lcray.algos import LOSS_TYPES, SeqLogps, logo_loss, preference_objective, simpo_loss, solo_ra_objective
+from lcray.algos import SeqLogps, logo_loss, preference_objective, simpo_loss, solo_ra_objective
+from lcray.algos.registry import losses_with
+
+PREFERENCE = losses_with("needs_rejected")  # every loss but sft
 
 
 def seq(logp, n, grad=False):
@@ -46,7 +49,7 @@ def batch(m: int | None = 2):
     )
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", PREFERENCE)
 @pytest.mark.parametrize("m", [None, 1, 3])
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
 def test_every_loss_type_runs(loss_type, m, alpha):
@@ -201,7 +204,7 @@ def test_seqlogps_avg_clamps_empty_responses():
         seq([-1.0, -2.0], [1])
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", losses_with("uses_solo_ra"))
 @pytest.mark.parametrize("distance", ["abs", "squared"])
 def test_staged_solo_ra_passes_sum_to_the_joint_gradient(loss_type, distance):
     """solo_ra.staged_backward: the x_long pass (short reward detached) plus the rest (long
@@ -254,3 +257,60 @@ def test_staged_solo_ra_dpo_needs_both_references():
             chosen_long=b["chosen_long"],
             ref_chosen=b["ref_chosen"],
         )
+
+
+# ----------------------------------------------------------------------------- sft (M = 0)
+SFT_KEYS = {"loss", "po_loss", "solo_ra", "rewards/chosen", "logps/chosen_avg", "nll/chosen"}
+
+
+def no_rejected(b: int) -> SeqLogps:
+    """[B, 0]: what the learner's forward gives for examples without a rejected response."""
+    return seq([[]] * b, [[]] * b)
+
+
+def test_sft_is_the_mean_token_nll_of_chosen_without_rejected():
+    # NLL per example: 6/3 = 2 and 2/4 = 0.5 -> loss 1.25; d loss / d logp_b = -1 / (B * n_b)
+    chosen = seq([-6.0, -2.0], [3, 4], grad=True)
+    loss, m = preference_objective(loss_type="sft", beta=0.5, chosen=chosen, rejected=no_rejected(2))
+    assert loss.item() == pytest.approx(1.25)
+    loss.backward()
+    torch.testing.assert_close(chosen.logp.grad, torch.tensor([-1 / 6, -1 / 8], dtype=torch.float64))
+    # The metrics that compare y_w with a negative are left out, not NaN; the rest are SFT's own.
+    assert set(m) == SFT_KEYS and all(math.isfinite(v) for v in m.values())
+    assert m["loss"] == m["po_loss"] == m["nll/chosen"] == pytest.approx(1.25) and m["solo_ra"] == 0.0
+    assert m["rewards/chosen"] == m["logps/chosen_avg"] == pytest.approx(-1.25)
+
+
+def test_sft_reads_no_rejected_even_when_given():
+    b = batch(3)
+    with_neg, m = preference_objective(loss_type="sft", beta=0.5, chosen=b["chosen"], rejected=b["rejected"])
+    alone, _ = preference_objective(loss_type="sft", beta=0.5, chosen=b["chosen"], rejected=no_rejected(2))
+    assert with_neg.item() == alone.item() == pytest.approx(b["chosen"].nll.mean().item())
+    with_neg.backward()
+    assert b["rejected"].logp.grad is None
+    assert set(m) == BASE_KEYS and all(math.isfinite(v) for v in m.values())
+
+
+@pytest.mark.parametrize("loss_type", PREFERENCE)
+def test_a_preference_loss_needs_a_rejected_response(loss_type):
+    b = batch()
+    b["rejected"], b["ref_rejected"] = no_rejected(2), no_rejected(2)
+    with pytest.raises(ValueError, match=f"{loss_type} needs at least one rejected response per example, got M = 0"):
+        preference_objective(loss_type=loss_type, beta=0.5, **b)
+
+
+@pytest.mark.parametrize(
+    "knob", [dict(nll_coef=0.1), dict(label_smoothing=0.1), dict(simpo_gamma=0.5), dict(solo_ra_alpha=1.0)]
+)
+def test_sft_refuses_the_preference_knobs(knob):
+    b = batch()
+    del b["rejected"], b["ref_rejected"], b["ref_chosen"], b["ref_chosen_long"]
+    name = next(iter(knob))
+    with pytest.raises(ValueError, match=rf"{name} is only defined for .*, not sft; set {name}=0"):
+        preference_objective(loss_type="sft", beta=0.5, rejected=no_rejected(2), **knob, **b)
+
+
+def test_sft_has_no_solo_ra_pass():
+    b = batch()
+    with pytest.raises(ValueError, match="SoLo-RA is only defined for dpo, simpo, orpo and logo, not sft"):
+        solo_ra_objective(loss_type="sft", beta=0.5, alpha=1.0, chosen=b["chosen"], chosen_long=b["chosen_long"])

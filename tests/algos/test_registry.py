@@ -17,21 +17,22 @@ KNOBS = {
     "simpo_gamma": ("uses_gamma", 0.5),
     "label_smoothing": ("uses_label_smoothing", 0.1),
     "nll_coef": ("uses_nll_coef", 0.2),
+    "solo_ra_alpha": ("uses_solo_ra", 1.0),
 }
 
 
 def batch(with_reference: bool = True) -> dict:
-    """B = 2, M = 2 negatives; reference log-probs only when asked for."""
+    """B = 2, M = 2 negatives, y_w on the long context too; reference log-probs only when asked for."""
     s = lambda *shape: SeqLogps(
         -torch.rand(*shape, dtype=torch.float64) * 5 - 0.5,  # noqa: E731
         torch.full(shape, 4.0, dtype=torch.float64),
     )
-    b = dict(chosen=s(2), rejected=s(2, 2))
-    return {**b, "ref_chosen": s(2), "ref_rejected": s(2, 2)} if with_reference else b
+    b = dict(chosen=s(2), rejected=s(2, 2), chosen_long=s(2))
+    return {**b, "ref_chosen": s(2), "ref_rejected": s(2, 2), "ref_chosen_long": s(2)} if with_reference else b
 
 
-def test_table_holds_the_four_losses():
-    assert NAMES == ("dpo", "simpo", "orpo", "logo")
+def test_table_holds_the_five_losses():
+    assert NAMES == ("dpo", "simpo", "orpo", "logo", "sft")
     for name, spec in LOSSES.items():
         assert isinstance(spec, LossSpec) and spec.name == name
     with pytest.raises(dataclasses.FrozenInstanceError):  # a spec cannot drift at run time
@@ -90,10 +91,11 @@ def test_losses_with():
     assert losses_with("uses_label_smoothing") == ("dpo", "simpo")
     assert losses_with("needs_reference") == ("dpo",)
     assert losses_with("uses_nll_coef") == ("dpo", "simpo", "logo")
+    assert losses_with("needs_rejected") == losses_with("uses_solo_ra") == ("dpo", "simpo", "orpo", "logo")
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown loss_type 'ipo'; expected one of dpo, simpo, orpo, logo"):
+    with pytest.raises(ValueError, match="unknown loss_type 'ipo'; expected one of dpo, simpo, orpo, logo, sft"):
         get_loss("ipo")
     with pytest.raises(ValueError, match="dpo, simpo, orpo, logo"):
         preference_objective(loss_type="ipo", beta=0.5, **batch())
@@ -101,7 +103,7 @@ def test_unknown_name_lists_the_known_ones():
         uses_gamma("ipo")
     with pytest.raises(
         ConfigError,
-        match=r"algo\.loss_type: must be one of dpo, simpo, orpo, logo, "
+        match=r"algo\.loss_type: must be one of dpo, simpo, orpo, logo, sft, "
         r"got 'simpoo' \(did you mean 'simpo'\?\)",
     ):
         load_config(None, ["algo.loss_type=simpoo"])

@@ -13,7 +13,8 @@ from lcray.learner import PolicyLearner
 from lcray.learner.distributed import destroy_process_group, free_port, init_process_group
 
 
-def examples(tokenizer, n: int) -> list[PreferenceExample]:
+def examples(tokenizer, n: int, *, rejected: bool = True) -> list[PreferenceExample]:
+    """n pairs; rejected=False: SFT examples, the chosen answer only (M = 0)."""
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     out = []
     for i in range(n):
@@ -22,7 +23,7 @@ def examples(tokenizer, n: int) -> list[PreferenceExample]:
                 id=str(i),
                 prompt_ids=enc(f"Document {i}: The capital of Norland is Velmora. Question: capital of Norland?"),
                 chosen_ids=enc(" Velmora"),
-                rejected_ids=[enc(f" Kastor {i}")],
+                rejected_ids=[enc(f" Kastor {i}")] if rejected else [],
                 long_prompt_ids=enc(
                     f"Filler text {i}. " * 20 + "The capital of Norland is Velmora. Question: capital of Norland?"
                 ),
@@ -41,6 +42,7 @@ def main() -> None:
     p.add_argument(
         "--cpu-flags", default=None, help="comma-separated CPU flags model.dtype=auto sees (else /proc/cpuinfo)"
     )
+    p.add_argument("--no-rejected", action="store_true", help="SFT examples: no rejected response (M = 0)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     if args.cpu_flags is not None:
@@ -50,7 +52,7 @@ def main() -> None:
     cfg = load_config(None, [f"model.name_or_path={args.model}", "learner.learning_rate=0.001", *args.overrides])
     init_process_group(0, 1, "127.0.0.1", free_port())
     learner = PolicyLearner(cfg, total_steps=args.steps)
-    batch = examples(learner.tokenizer, cfg.learner.train_batch_size)
+    batch = examples(learner.tokenizer, cfg.learner.train_batch_size, rejected=not args.no_rejected)
     metrics, error = [], None
     for step in range(1, args.steps + 1):
         if step == args.nan_beta_at:

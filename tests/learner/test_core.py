@@ -115,6 +115,39 @@ def test_staged_solo_ra_backward_takes_the_joint_steps(tiny_model_dir, stage, lo
         assert [m[key] for m in staged] == pytest.approx([m[key] for m in joint], rel=1e-4, abs=1e-6), key
 
 
+def test_sft_trains_on_examples_without_rejected(tiny_model_dir):
+    """algo.loss_type=sft on examples with no rejected response (M = 0): the learner forwards
+    [prompt | chosen] alone. Step 1's loss (before any update) is the chosen answers' mean token
+    NLL under the base model, computed here with a plain transformers forward; no metric is NaN
+    and none compares y_w with a negative; the loss falls."""
+    import _ds_step  # tests/learner is on sys.path (pytest's rootdir-relative import)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lcray.models import load_tokenizer
+
+    out = run_steps(
+        tiny_model_dir,
+        "--no-rejected",
+        "algo.loss_type=sft",
+        "learner.train_batch_size=2",
+        "learner.lr_scheduler_type=constant",
+    )
+    tok = load_tokenizer(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    nlls = []
+    for ex in _ds_step.examples(tok, 2, rejected=False):
+        with torch.no_grad():  # position p predicts token p + 1: the chosen tokens' logits
+            logits = model(torch.tensor([ex.prompt_ids + ex.chosen_ids])).logits[0, len(ex.prompt_ids) - 1 : -1]
+        nlls.append(torch.nn.functional.cross_entropy(logits, torch.tensor(ex.chosen_ids)).item())
+    metrics = out["metrics"]
+    assert metrics[0]["loss"] == pytest.approx(sum(nlls) / len(nlls), rel=1e-4)
+    assert metrics[0]["nll/chosen"] == pytest.approx(metrics[0]["loss"], rel=1e-6)
+    assert not {"rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/rejected_avg"} & set(metrics[0])
+    assert all(math.isfinite(v) for m in metrics for v in m.values())
+    assert metrics[-1]["loss"] < metrics[0]["loss"]  # same batch, lr 1e-3
+
+
 def test_nan_loss_stops_before_the_update(tiny_model_dir):
     """A NaN loss at step 2 stops the run naming the step, before the optimizer touches the
     weights: what is left (and what a checkpoint would hold) is still finite."""

@@ -1,6 +1,6 @@
 """recipes/reproduce.py end to end on the tiny model (--preset ci): base + Long-PO + SoLoPO + LOGO
-runs (real Ray, vLLM, DeepSpeed, LoRA), then the report: RESULTS.md table with intervals, a PNG
-plot and results.json. Writes only into tmp folders (never the real docs/RESULTS.md)."""
++ the SFT sanity row (real Ray, vLLM, DeepSpeed, LoRA), then the report: RESULTS.md table with
+intervals, a PNG plot and results.json. Writes only into tmp folders (never the real docs/RESULTS.md)."""
 
 import importlib.util
 import json
@@ -31,7 +31,7 @@ def test_reproduce_ci_preset(tmp_path):
     report = recipe.main(["--preset", "ci", "--docs", str(docs), "--out", str(out)])
 
     # One run folder per trained method; base came from the first run's eval_before.
-    for method in ("long-po", "solopo", "logo"):
+    for method in ("long-po", "solopo", "logo", "sft"):
         assert (out / method / "summary.json").is_file(), method
     assert not (out / "base").exists()
     assert json.loads((out / "long-po" / "summary.json").read_text())["eval_before"]
@@ -40,7 +40,7 @@ def test_reproduce_ci_preset(tmp_path):
     )  # only the first evaluates before
 
     md = (docs / "RESULTS.md").read_text()
-    for method in ("base", "long-po", "solopo", "logo"):
+    for method in ("base", "long-po", "solopo", "logo", "sft"):
         row = next((line for line in md.splitlines() if line.startswith(f"| {method} (")), None)
         assert row is not None, f"no table row for {method}:\n{md}"
         cells = [c.strip() for c in row.strip("|").split("|")]
@@ -53,14 +53,15 @@ def test_reproduce_ci_preset(tmp_path):
             assert train > 0 and rss > 0 and wall > train, row
             assert ("data build" in cells[4]) == (method == "logo"), row
     assert "## What held / what did not" in md and "SoLo-ORPO > Long-ORPO on long contexts" in md
-    assert "## Settings" in md and "results.png" in md
+    assert "## Settings" in md and "results.png" in md and "**SFT (sanity)**: algo.loss_type=sft" in md
+    assert "- SFT > base on long contexts: " in md  # the sanity claim, with its verdict
 
     png = (docs / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
     data = json.loads((out / "results.json").read_text())
     assert data == json.loads(json.dumps(report))
-    assert list(data["methods"]) == ["base", "long-po", "solopo", "logo"]
+    assert list(data["methods"]) == ["base", "long-po", "solopo", "logo", "sft"]
     n = data["settings"]["eval_questions"]
     assert n == 4
     for method, r in data["methods"].items():
@@ -83,6 +84,14 @@ def test_reproduce_ci_preset(tmp_path):
             assert summary["eval_after"]["sub_em_long"] == pytest.approx(r["long_sub_em"])
     assert data["summaries"]["long-po"]["workload"] == "long-po"
     assert data["summaries"]["logo"]["examples"] >= 1
+    # SFT: one example per training question, trained on the same budget; the paragraph says what it shows.
+    assert data["summaries"]["sft"]["workload"] == "sft" and data["summaries"]["sft"]["examples"] == 16
+    assert (out / "sft" / "config.yaml").read_text().count("loss_type: sft") == 1
+    sft_claim = next(c for c in data["claims"] if c["claim"] == "SFT > base on long contexts")
+    assert sft_claim["a"] == "sft" and sft_claim["diff"] == data["methods"]["sft"]["long_diff_vs_base"]
+    assert "Sanity check: SFT on the gold answers with the long contexts" in data["paragraph"]
+    if sft_claim["diff"]["low"] <= 0:
+        assert "This budget cannot" in data["paragraph"] and "no preference method is expected to either" in md
     assert [c["claim"] for c in data["claims"]][:3] == [
         "SoLo-ORPO > Long-ORPO on long contexts",
         "Long-ORPO >= base on long contexts",
