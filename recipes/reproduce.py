@@ -28,7 +28,6 @@ bootstrap intervals) and <docs>/results.png.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -42,8 +41,18 @@ from _bootstrap import REPO, bootstrap
 
 bootstrap()
 
+from _reproduce_plan import (  # noqa: E402  (recipes/, beside this file)
+    BUDGET_MIN,
+    CI_OVERRIDES,
+    PO_CHOICES,
+    estimate_minutes,
+    method_overrides,
+    run_dir_overrides,
+    settings_items,
+    write_ci_data,
+)
+
 from lcray.config import ConfigError, LcrayConfig, load_config, to_dict  # noqa: E402
-from lcray.data.contexts import gold_reply  # noqa: E402
 from lcray.eval.report import (  # noqa: E402
     BOOT_SEED,
     CONFIDENCE,
@@ -52,212 +61,15 @@ from lcray.eval.report import (  # noqa: E402
     TRAINED,
     claims,
     method_stats,
-    model_name,
-    po_name,
     render_markdown,
     render_plot,
     scores_from_predictions,
     write_paragraph,
 )
+from lcray.eval.run_history import load_runs, run_record, save_run  # noqa: E402
 from lcray.utils.fs import atomic_write_text  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).with_name("reproduce.yaml")
-PO_CHOICES = ("dpo", "simpo", "orpo")
-PAPER_ALPHA = {"dpo": 3.0, "simpo": 1.0, "orpo": 1.0}  # SoLoPO paper, Qwen2.5-7B-Instruct
-PO_SETTINGS = {  # each PO's own knobs (the same for Long-PO and SoLoPO)
-    "dpo": ["algo.beta=0.1"],
-    "simpo": ["algo.beta=2.5", "algo.simpo_gamma=0.5"],
-    "orpo": ["algo.beta=0.25"],  # ORPO's lambda (the demo's value)
-}
-LOGO_SETTINGS = [
-    "algo.loss_type=logo",
-    "algo.beta=2.5",
-    "algo.simpo_gamma=0.25",
-    "algo.nll_coef=0.1",
-    "algo.logo.num_negatives=2",
-    "algo.solo_ra.alpha=0",
-]  # paper: Mistral-7B beta/gamma, lambda 0.1, M 2
-SFT_SETTINGS = ["algo.loss_type=sft", "algo.solo_ra.alpha=0"]  # the loss is the NLL: no beta, gamma or nll_coef
-OFFLINE = ("logo", "sft")  # trained on a fixed example list: no rollout in their steps
-
-# The tiny CI preset: a random model, so the gold answer is the letter pair "er" (some samples
-# contain it, some don't: pairs form); 2 steps, 4 held-out questions. A random model (almost)
-# never emits EOS, and a chosen answer must have ended on its own (make_pairs), so samples stop at
-# " 2", a string frequent in its output (about 2/3 of the prompts then yield a pair).
-CI_OVERRIDES = [
-    "model.name_or_path=tiny",
-    "model.lora.r=8",
-    "model.lora.alpha=16",
-    "data.short_context_tokens=200",
-    "data.long_context_tokens=600",
-    "data.chunk_tokens=64",
-    "data.target_len=16384",
-    "data.synthetic_distractors=6",
-    "rollout.max_new_tokens=32",
-    'rollout.stop=[" 2"]',
-    "rollout.temperature=1.0",
-    "rollout.max_model_len=2048",
-    "rollout.kv_cache_space_gb=1",
-    "learner.learning_rate=0.001",
-    "learner.train_batch_size=2",
-    "learner.cpus_per_learner=1",
-    "placement.cpus_per_engine=1",
-    "logo_data.context_chunks=6",
-    "logo_data.max_new_tokens=16",
-    "logo_data.shard_size=8",
-    "solopo.prompts_per_iteration=8",
-    "eval.num_prompts=4",
-    "eval.long_context_tokens=600",
-    "eval.max_new_tokens=8",
-    "trainer.max_steps=2",
-    "logging.progress_bar=false",
-]
-CI_TRAIN_RECORDS, CI_EVAL_RECORDS, CI_SEEDS = 16, 4, (0, 1)
-
-# Budget model of the full preset, measured on the 2-core dev machine with SmolLM2-135M:
-# start-up of a run (Ray actors, vLLM, DeepSpeed) ~0.5 min once Ray is up; 24 questions short + long (~300 +
-# ~1.2K tokens) ~1 min of greedy eval; one SoLoPO step (4 pairs, 300/1.2K contexts) 50-90 s, of
-# which ~30 s rollout. The learner part is scaled by the tokens it processes per pair.
-STARTUP_MIN = 0.5
-EVAL_MIN_PER_Q_TOKEN = 1.0 / (24 * 1500)  # minutes per question per (short + long) prompt token
-LEARNER_REF_TOKENS = 2 * 300 + 1200  # tokens per SoLoPO pair at 300/1.2K (chosen + rejected short, chosen long)
-# (rollout, learner) s per step at LEARNER_REF_TOKENS; fitted to a full-preset run (2026-11-22:
-# Long-PO 106 s, SoLoPO 61 s, LOGO 65 s per step); "slow" is the earlier, slower estimate.
-STEP_SPLIT_S = {"mid": (25.0, 35.0), "slow": (30.0, 40.0)}
-LOGO_BUILD_S_PER_RECORD = 3.5  # 3 sampled answers from ~1K-token contexts per training record
-
-
-# ----------------------------------------------------------------------------- configs
-def method_overrides(method: str, po: str) -> list[str]:
-    if method == "long-po":
-        return [f"algo.loss_type={po}", *PO_SETTINGS[po], "solopo.long_po=true", "algo.solo_ra.alpha=0"]
-    if method == "solopo":
-        return [
-            f"algo.loss_type={po}",
-            *PO_SETTINGS[po],
-            "solopo.long_po=false",
-            f"algo.solo_ra.alpha={PAPER_ALPHA[po]}",
-        ]
-    if method == "logo":
-        return list(LOGO_SETTINGS)
-    if method == "sft":
-        return list(SFT_SETTINGS)
-    raise ValueError(f"no trainer for method {method!r}")
-
-
-def run_dir_overrides(out: Path, method: str, *, eval_before: bool) -> list[str]:
-    d = out / method
-    return [
-        f"trainer.output_dir={d}",
-        f"ckpt.path={d}/ckpt",
-        f"logging.logdir={d}/tb",
-        f"logo_data.output_dir={d}/data",
-        f"trainer.eval_before={str(eval_before).lower()}",
-        "ckpt.resume=false",
-    ]
-
-
-def write_ci_data(out: Path) -> list[str]:
-    """Train/eval QA files for the ci preset: different seeds AND entity pools, gold = "er"."""
-    from lcray.data.records import write_records
-    from lcray.data.synthetic import make_synthetic_records
-
-    d = out / "data"
-    train = [
-        dataclasses.replace(r, answers=["er"])
-        for r in make_synthetic_records(
-            CI_TRAIN_RECORDS, seed=CI_SEEDS[0], num_support=1, num_distractors=6, entity_pool="train"
-        )
-    ]
-    evals = [
-        dataclasses.replace(r, answers=["er"])
-        for r in make_synthetic_records(
-            CI_EVAL_RECORDS, seed=CI_SEEDS[1], num_support=1, num_distractors=6, entity_pool="test"
-        )
-    ]
-    write_records(train, d / "train.jsonl")
-    write_records(evals, d / "eval.jsonl")
-    return [f"data.train_path={d / 'train.jsonl'}", f"data.eval_path={d / 'eval.jsonl'}"]
-
-
-def estimate_minutes(cfg: LcrayConfig, methods: Sequence[str], speed: str = "mid") -> dict[str, float]:
-    """Planned wall time per phase (minutes) of the full preset on the 2-core dev machine
-    (speed: "mid" = the middle of the measured step times, "slow" = their slow end)."""
-    rollout_s, learner_s = STEP_SPLIT_S[speed]
-    d = cfg.data
-    steps, batch = cfg.trainer.max_steps, cfg.learner.train_batch_size
-    trained = [m for m in TRAINED if m in methods]
-    eval_min = EVAL_MIN_PER_Q_TOKEN * cfg.eval.num_prompts * (d.short_context_tokens + d.long_context_tokens)
-    logo_tokens = (1 + cfg.algo.logo.num_negatives) * cfg.logo_data.context_chunks * d.chunk_tokens
-    tokens = {
-        "long-po": 2 * d.long_context_tokens,
-        "solopo": 2 * d.short_context_tokens + d.long_context_tokens,
-        "logo": logo_tokens,
-        "sft": d.long_context_tokens,  # [long prompt | gold answer], one sequence per example
-    }
-    step_s = {m: (0.0 if m in OFFLINE else rollout_s) + learner_s * tokens[m] / LEARNER_REF_TOKENS for m in trained}
-    plan = {
-        "start-up": STARTUP_MIN * max(len(trained), 1),
-        "eval": eval_min * (len(trained) + ("base" in methods)),
-        **{
-            f"train {m} ({steps} steps x ~{step_s[m] * batch / 4:.0f} s)": steps * step_s[m] * batch / 4 / 60
-            for m in trained
-        },
-    }
-    if "logo" in trained:
-        plan["LOGO data build"] = LOGO_BUILD_S_PER_RECORD * d.num_synthetic_train / 60
-    plan["total"] = sum(plan.values())
-    return plan
-
-
-def settings_items(cfg: LcrayConfig, args: argparse.Namespace, prompt_tokens: dict[str, float]) -> dict[str, str]:
-    d, lr, lo, a = cfg.data, cfg.learner, cfg.model.lora, cfg.algo
-    po = args.po
-    n_train = CI_TRAIN_RECORDS if args.preset == "ci" else d.num_synthetic_train
-    seeds = CI_SEEDS if args.preset == "ci" else (d.seed, d.seed + 10_000)  # as load_qa_records draws them
-    return {
-        "Model": (
-            f"{model_name(cfg.model.name_or_path)} ({cfg.model.dtype}), LoRA r={lo.r} alpha={lo.alpha} on "
-            f"{'/'.join(lo.target_modules)}"
-        )
-        if lo.r
-        else f"{model_name(cfg.model.name_or_path)} (full fine-tuning)",
-        "Equal budget (every trained method)": f"{cfg.trainer.max_steps} optimizer steps x {lr.train_batch_size} "
-        f"examples, lr {lr.learning_rate:g} ({lr.lr_scheduler_type}), "
-        f"ZeRO-{lr.zero_stage}, seed {cfg.trainer.seed}",
-        "Data": (
-            "synthetic multi-document QA" + ("" if not d.train_path else f" (files {d.train_path}, {d.eval_path})")
-        )
-        + f", {d.synthetic_hops}-hop; train: {n_train} "
-        f"questions (seed {seeds[0]}, 'train' entity pool); held-out: {cfg.eval.num_prompts} "
-        f"questions (seed {seeds[1]}, disjoint 'test' entity pool)"
-        + ('; gold answer replaced by "er" (random tiny model)' if args.preset == "ci" else ""),
-        "Context lengths": f"short = the supporting document(s): {prompt_tokens['short']:.0f} prompt tokens on average "
-        f"(cap {d.short_context_tokens}); long = the same plus distractors: "
-        f"{prompt_tokens['long']:.0f} prompt tokens (target {d.long_context_tokens}); "
-        f"mean rho {prompt_tokens['rho']:.2f}",
-        "Rollout (Long-PO, SoLoPO)": f"{cfg.solopo.prompts_per_iteration} short prompts x "
-        f"{cfg.rollout.n_samples_per_prompt} samples per iteration, T "
-        f"{cfg.rollout.temperature}, top-p {cfg.rollout.top_p}, <= "
-        f"{cfg.rollout.max_new_tokens} new tokens, sub-EM labels, "
-        f"{cfg.solopo.max_pairs_per_prompt} pair per prompt",
-        f"Long-{po_name(po)} / SoLo-{po_name(po)}": f"{po_name(po)} with {', '.join(PO_SETTINGS[po])}; "
-        "Long-PO: PO on the long context, alpha 0; "
-        f"SoLoPO: PO on the short context + SoLo-RA alpha {PAPER_ALPHA[po]:g} (paper), distance {a.solo_ra.distance}",
-        "LOGO": f"{', '.join(s for s in LOGO_SETTINGS if 'solo_ra' not in s)}; data: {d.chunk_tokens}-token chunks, "
-        f"{cfg.logo_data.num_relevant} relevant / {cfg.logo_data.num_partial} partial, "
-        f"{cfg.logo_data.context_chunks}-chunk training context over a {d.target_len}-position window, "
-        f"{cfg.scorer.importance} chunk importance",
-        "SFT (sanity)": f'{", ".join(SFT_SETTINGS)}: the mean token NLL of the gold answer ("{gold_reply("<gold>")}" '
-        f"+ EOS) on the LONG-context prompt of each of the {n_train} training questions, cycled; no rollout, "
-        "no reference, no rejected answers",
-        "Eval": f"greedy, <= {cfg.eval.max_new_tokens} new tokens, sub-EM on the extracted answer; "
-        f"base = the untrained model (eval_before of the first run)",
-        "Statistics": f"percentile bootstrap over questions, {NUM_RESAMPLES} resamples, {int(CONFIDENCE * 100)}%, "
-        f"seed {BOOT_SEED}; differences are paired (same questions resampled for both methods)",
-        "Runtime": f"{cfg.rollout.backend} rollout engine, DeepSpeed learner on CPU, embedded Ray; "
-        f"train time = rollout + training steps without eval; memory = learner peak RSS",
-    }
 
 
 # ----------------------------------------------------------------------------- driver
@@ -326,8 +138,8 @@ def print_plan(cfg: LcrayConfig, args: argparse.Namespace) -> None:
             print(f"  {k:<40} {v:5.1f} min")
         slow = estimate_minutes(cfg, args.methods, "slow")["total"]
         print(f"  (slow end of the measured step times: {slow:.1f} min)")
-        if slow > 45:
-            print("  WARNING: may exceed a 45-minute budget; lower trainer.max_steps or eval.num_prompts")
+        if slow > BUDGET_MIN:
+            print(f"  WARNING: may exceed the {BUDGET_MIN}-minute budget; lower trainer.max_steps or eval.num_prompts")
     else:
         print(f"planned budget: ~{0.7 * len(runs):.1f} min on the tiny model")
     print(f"outputs: {Path(args.out).resolve()}  docs: {Path(args.docs).resolve()}\n", flush=True)
@@ -443,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "steps": shared.trainer.max_steps,
             "short_prompt_tokens": prompt_tokens["short"],
             "long_prompt_tokens": prompt_tokens["long"],
+            "tuning": f"LoRA r={shared.model.lora.r}" if shared.model.lora.r else "full fine-tuning",
             "machine": f"{os.cpu_count()}-core {platform.machine()} CPU ({platform.system()})",
             "items": settings_items(shared, args, prompt_tokens),
         },
@@ -452,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report["paragraph"] = write_paragraph(report)
     atomic_write_text(out / "results.json", json.dumps(report, indent=2))
     docs = Path(args.docs).resolve()
+    # Every run of this preset stays in the report (<docs>/runs/), not only this one.
+    save_run(docs / "runs", run_record(report))
+    report["history"] = load_runs(docs / "runs", preset=args.preset)
     render_plot(report, docs / "results.png")
     atomic_write_text(docs / "RESULTS.md", render_markdown(report))
     print(f"\n{render_markdown(report)}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lcray.eval.metrics import sub_em
+from lcray.eval.run_history import render_history
 from lcray.eval.stats import bootstrap_ci, paired_difference_ci
 from lcray.utils.fs import atomic_write_bytes
 
@@ -170,7 +171,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
         for c in report["claims"]
     ]
-    return "\n".join(lines) + "\n"
+    lines += ["", *render_history(report.get("history", []), METHODS)]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def write_paragraph(report: dict[str, Any]) -> str:
@@ -232,7 +234,8 @@ def write_paragraph(report: dict[str, Any]) -> str:
         parts.append(_sanity_sentence(sanity["diff"]))
     parts.append(
         f"Caveats: {n} held-out questions give intervals roughly ±{1.96 * 0.5 / max(n, 1) ** 0.5:.2f} wide "
-        f"at 50% accuracy; {steps} optimizer steps with LoRA on a {model} are a tiny fraction "
+        f"at 50% accuracy; {steps} optimizer steps ({report['settings'].get('tuning', 'LoRA')}) on a {model} are "
+        "a tiny fraction "
         "of the papers' budgets (thousands of samples, 7-8B models), and the data is synthetic single-hop "
         "QA, so a null result here says little about the methods at scale."
     )

@@ -56,6 +56,10 @@ def test_reproduce_ci_preset(tmp_path):
     assert "## Settings" in md and "results.png" in md and "**SFT (sanity)**: algo.loss_type=sft" in md
     assert "- SFT > base on long contexts: " in md  # the sanity claim, with its verdict
 
+    # Every run stays listed: this one's record in docs/runs/, and the "Every full run" table.
+    assert [p.suffix for p in (docs / "runs").iterdir()] == [".json"]
+    assert "## Every full run" in md and sum(line.startswith("| 1. ") for line in md.splitlines()) == 1
+
     png = (docs / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
