@@ -74,11 +74,11 @@ CI_TRAIN_RECORDS, CI_EVAL_RECORDS, CI_SEEDS = 16, 4, (0, 1)
 ANSWER_TOKENS = 24  # a typical sampled or gold answer (chat-template end included)
 COST_S = {
     "startup": 30.0,  # one trainer run: learner (DeepSpeed), engine (vLLM), scorers, once Ray is up
-    "eval_per_q_token": 0.0,  # greedy eval, per question per (short + long) prompt token
-    "learner_per_token": 0.0,  # forward + backward of one token in a training row
-    "step": 0.0,  # per optimizer step: Adam over the full model + the weight sync to the engine
-    "rollout_per_sample": 0.0,  # one sampled answer on a short prompt (online methods)
-    "logo_build_per_record": 0.0,  # chunk scoring + 3 sampled answers per training record
+    "eval_per_q_token": 0.00087,  # greedy eval, per question per (short + long) prompt token
+    "learner_per_token": 0.0033,  # forward + backward of one token in a training row
+    "step": 1.0,  # per optimizer step: Adam over the full model + the weight sync to the engine
+    "rollout_per_sample": 0.094,  # one sampled answer on a short prompt (online methods)
+    "logo_build_per_record": 1.5,  # chunk scoring + 3 sampled answers per training record
 }
 SLOW = 1.35
 
