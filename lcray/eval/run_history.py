@@ -113,5 +113,7 @@ def render_history(runs: list[dict[str, Any]], methods: tuple[str, ...]) -> list
     for i, r in enumerate(runs, 1):
         lines.append(f"Run {i} ({r['finished']}):")
         lines += [f"- {k}: {v}" for k, v in r["settings"].items()]
+        if r.get("note"):  # added by hand after the run: what a reader must know to compare it
+            lines.append(f"- Note: {r['note']}")
         lines.append("")
     return lines

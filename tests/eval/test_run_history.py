@@ -30,6 +30,7 @@ def report(finished: str, long_po_long: list[float], preset: str = "full") -> di
 
 def test_records_round_trip_and_list_every_run_oldest_first(tmp_path) -> None:
     late = run_record(report("2026-11-27 14:02 UTC", [1.0] * 10))
+    late["note"] = "ran beside a benchmark"
     early = run_record(report("2026-11-22 04:19 UTC", [0.0] * 10))
     for rec in (late, early):
         save_run(tmp_path, rec)
@@ -48,6 +49,7 @@ def test_records_round_trip_and_list_every_run_oldest_first(tmp_path) -> None:
     assert rows[0].startswith("| 1. 2026-11-22 04:19 UTC (orpo) | 10 | 560 | 0.00 [0.00, 0.00] | +0.00 [")
     assert "| +1.00 [+1.00, +1.00] | 42.0 |" in rows[1]
     assert "Run 2 (2026-11-27 14:02 UTC):" in lines and "- Model: tiny (full fine-tuning)" in lines
+    assert lines.count("- Note: ran beside a benchmark") == 1
     assert render_history([], METHODS) == []
 
 
