@@ -25,7 +25,9 @@ from lcray.models.precision import resolve_dtype
 def _set_vllm_env(kv_cache_space_gb: int) -> None:
     # Must happen before vllm is imported for the first time in this process.
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_space_gb))
+    # rollout.kv_cache_space_gb is the one knob: an exported VLLM_CPU_KVCACHE_SPACE (the Makefile's
+    # and the recipes' default of 1) used to win over it silently.
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_space_gb)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -33,3 +35,11 @@ def test_tied_lm_head_follows_an_embedding_update(tmp_path):
     engine.update_weights(state.items())
     gap = (torch.tensor(engine.score([SEQ])[0]) - _hf_logps(model)).abs()
     assert gap.mean() < 1e-4, f"mean gap {gap.mean():.2e}"
+
+
+def test_config_kv_cache_size_wins_over_an_exported_one(monkeypatch):
+    from lcray.engines.vllm_engine import _set_vllm_env
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # what the Makefile and the recipes export
+    _set_vllm_env(3)
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "3"
