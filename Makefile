@@ -40,7 +40,7 @@ doctor: install
 demo: install
 	$(PY) recipes/solopo.py
 
-# The miniature reproduction of both papers (~40 min on 2 cores; writes docs/RESULTS.md).
+# The laptop-scale reproduction of both papers + an SFT sanity row (~67 min on 2 cores; writes docs/RESULTS.md).
 reproduce: install
 	$(PY) recipes/reproduce.py
 

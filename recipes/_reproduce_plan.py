@@ -69,16 +69,20 @@ CI_OVERRIDES = [
 CI_TRAIN_RECORDS, CI_EVAL_RECORDS, CI_SEEDS = 16, 4, (0, 1)
 
 # Budget model of the full preset on the 2-core dev machine (SmolLM2-135M, model.dtype=auto ->
-# bf16 engines + bf16-autocast learner, full fine-tuning), fitted to a 3-step pilot of every
-# method at the preset's lengths: seconds per unit of work, "mid" and a slow end ("slow", +35%).
+# bf16 engines + bf16-autocast learner, full fine-tuning), fitted to the full run of 2026-11-27
+# (docs/RESULTS.md, run 2): learner 343-366 tokens/s (LOGO 311), 4.5-6.1K tokens per step of 8
+# examples (this model's token counts within 12%), 9.2 s of rollout + weight sync per SoLoPO step
+# (16 prompts x 4 samples), ~80 s per trainer run outside its steps (start-up, one 200-question
+# eval, saving), LOGO's data build 144 s for 320 records. Planned 57 min; the run took 66.6, of
+# which ~10 were lost to a benchmark that shared the machine during Long-PO's first steps.
 ANSWER_TOKENS = 24  # a typical sampled or gold answer (chat-template end included)
 COST_S = {
     "startup": 30.0,  # one trainer run: learner (DeepSpeed), engine (vLLM), scorers, once Ray is up
-    "eval_per_q_token": 0.00087,  # greedy eval, per question per (short + long) prompt token
-    "learner_per_token": 0.0033,  # forward + backward of one token in a training row
-    "step": 1.0,  # per optimizer step: Adam over the full model + the weight sync to the engine
-    "rollout_per_sample": 0.094,  # one sampled answer on a short prompt (online methods)
-    "logo_build_per_record": 1.5,  # chunk scoring + 3 sampled answers per training record
+    "eval_per_q_token": 0.00033,  # greedy eval, per question per (short + long) prompt token
+    "learner_per_token": 1 / 350,  # forward + backward (+ its share of Adam) of one token in a training row
+    "step": 0.0,  # per optimizer step beyond the tokens (inside learner_per_token at this size)
+    "rollout_per_sample": 9.2 / 64,  # one sampled answer on a short prompt, weight sync included (online methods)
+    "logo_build_per_record": 0.45,  # chunk scoring + 3 sampled answers per training record
 }
 SLOW = 1.35
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Reproduce the papers' comparison at laptop scale: base vs Long-PO vs SoLoPO vs LOGO (+ SFT).
 
-    python recipes/reproduce.py                       # full preset: SmolLM2-135M, ~40 min on 2 CPU cores
+    python recipes/reproduce.py                       # full preset: SmolLM2-135M, ~60-70 min on 2 CPU cores
     python recipes/reproduce.py --dry-run             # print the settings and the planned budget only
     python recipes/reproduce.py --po dpo --methods base,long-po,solopo
     python recipes/reproduce.py --preset ci --out /tmp/r --docs /tmp/r   # tiny model, ~3 min
@@ -95,7 +95,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--preset",
         choices=("full", "ci"),
         default="full",
-        help="full: SmolLM2-135M (~40 min on 2 cores); ci: the tiny random model, 2 steps",
+        help="full: SmolLM2-135M (~60-70 min on 2 cores); ci: the tiny random model, 2 steps",
     )
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--po", choices=PO_CHOICES, default="orpo", help="the PO of Long-PO and SoLoPO (default orpo)")

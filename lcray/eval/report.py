@@ -237,7 +237,7 @@ def write_paragraph(report: dict[str, Any]) -> str:
         f"at 50% accuracy; {steps} optimizer steps ({report['settings'].get('tuning', 'LoRA')}) on a {model} are "
         "a tiny fraction "
         "of the papers' budgets (thousands of samples, 7-8B models), and the data is synthetic single-hop "
-        "QA, so a null result here says little about the methods at scale."
+        "QA: what holds or fails here need not carry over to the methods at scale."
     )
     return " ".join(parts)
 

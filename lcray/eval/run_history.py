@@ -94,7 +94,7 @@ def render_history(runs: list[dict[str, Any]], methods: tuple[str, ...]) -> list
         "held-out long-context sub-EM of base, and each method's paired Δ long vs base, with 95% intervals.",
         "",
         "| Run | Held-out questions | Long prompt tokens | Base long sub-EM | "
-        + " | ".join(f"Δ long {m}" for m in trained)
+        + " | ".join(f"{m}: Δ long" for m in trained)
         + " | Wall time (min) |",
         "|---" * (5 + len(trained)) + "|",
     ]
