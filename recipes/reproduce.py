@@ -267,10 +267,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     docs = Path(args.docs).resolve()
     # Every run of this preset stays in the report (<docs>/runs/), not only this one.
     save_run(docs / "runs", run_record(report))
-    report["history"] = load_runs(docs / "runs", preset=args.preset)
+    markdown = render_markdown({**report, "history": load_runs(docs / "runs", preset=args.preset)})
     render_plot(report, docs / "results.png")
-    atomic_write_text(docs / "RESULTS.md", render_markdown(report))
-    print(f"\n{render_markdown(report)}")
+    atomic_write_text(docs / "RESULTS.md", markdown)
+    print(f"\n{markdown}")
     print(f"results: {out / 'results.json'}   report: {docs / 'RESULTS.md'}   plot: {docs / 'results.png'}")
     return report
 

@@ -113,6 +113,15 @@ class PolicyLearner:
             pad_id=self.tokenizer.pad_token_id or 0,
         )
 
+    def _reduced_grad_norm(self) -> float:
+        """The pre-clipping norm of the step's gradients, read before the boundary's engine.step():
+        at stage 0 in fp32 DeepSpeed clips with clip_grad_norm_ and keeps no norm (a single learner
+        runs ZeRO-1/2 as stage 0). The last backward already all-reduced them over the ranks."""
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        if not grads:
+            return 0.0
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
     def _autocast(self) -> Any:
         """bf16 autocast around a forward when model.dtype=auto picked it (backward runs outside;
         the checkpointed recomputes restore it). Otherwise nothing: not autocast(enabled=False),
@@ -320,6 +329,7 @@ class PolicyLearner:
         # rank) becomes its gradient_accumulation_steps, and it divides each loss by it.
         backwards = len(plan) * self.passes
         self._set_accumulation(backwards)
+        own_norm: float | None = None
         for mb in plan:
             passes = self._backward_passes(mb.examples)
             for _ in range(self.passes):
@@ -328,6 +338,8 @@ class PolicyLearner:
                 if not collectives.all_finite(loss, self.device):
                     raise NonFiniteLossError(self.global_step + 1, float(loss), [e.id for e in mb.examples])
                 self.engine.backward(loss * (mb.weight * backwards * self.grad_scale))
+                if self.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
+                    own_norm = self._reduced_grad_norm()
                 self.engine.step()  # an update only at the accumulation boundary
                 tokens += n if mb.weight > 0 else 0
                 for k, v in metrics.items():
@@ -336,6 +348,8 @@ class PolicyLearner:
         self.global_step += 1
         out = collectives.mean_over_ranks(sums, self.device)
         grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is None and self.zero_stage == 0:
+            grad_norm = own_norm
         out["grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
         out["lr"] = float(self.scheduler.get_last_lr()[0])
         # Every rank of an SP group forwards (its slice of) the same rows: count them once.
