@@ -62,6 +62,26 @@ def flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
     p.add_argument(name, type=int, nargs="?", const=1, default=0, choices=(0, 1), help=help)
 
 
+def random_pairs(args: argparse.Namespace, vocab: int) -> list:
+    """args.batch preference pairs of random token ids (args.prompt_tokens, args.response_tokens
+    each), the same in every child process: a fixed seed."""
+    import numpy as np
+
+    from lcray.data.schema import PreferenceExample
+
+    rng = np.random.default_rng(0)
+    ids = lambda n: rng.integers(10, vocab, size=n).tolist()  # noqa: E731
+    return [
+        PreferenceExample(
+            prompt_ids=ids(args.prompt_tokens),
+            chosen_ids=ids(args.response_tokens),
+            rejected_ids=[ids(args.response_tokens)],
+            id=str(i),
+        )
+        for i in range(args.batch)
+    ]
+
+
 def rss_mib() -> float:
     with open("/proc/self/status") as f:
         for line in f:

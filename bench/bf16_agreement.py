@@ -107,7 +107,10 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--dtypes", default="float32,bfloat16", help="the first is the reference")
     p.add_argument("--show", type=int, default=5, help="differing answers to print")
+    p.add_argument("--quick", type=int, nargs="?", const=1, default=0, choices=(0, 1), help="smoke run: 4 prompts")
     args = p.parse_args()
+    if args.quick:
+        args.prompts, args.max_new_tokens = 4, 16
     if args.child:
         print(json.dumps(child(args)), flush=True)
         return

@@ -35,24 +35,6 @@ OVERRIDES = {
 }
 
 
-def pairs(args: argparse.Namespace, vocab: int) -> list:
-    import numpy as np
-
-    from lcray.data.schema import PreferenceExample
-
-    rng = np.random.default_rng(0)  # same seed in every child: the same pairs
-    ids = lambda n: rng.integers(10, vocab, size=n).tolist()  # noqa: E731
-    return [
-        PreferenceExample(
-            prompt_ids=ids(args.prompt_tokens),
-            chosen_ids=ids(args.response_tokens),
-            rejected_ids=[ids(args.response_tokens)],
-            id=str(i),
-        )
-        for i in range(args.batch)
-    ]
-
-
 def run_case(case: str, args: argparse.Namespace) -> dict:
     def batch(learner):
         extra = dict(losses=[], param_dtype=str(next(learner.engine.module.parameters()).dtype))
@@ -66,7 +48,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
             return metrics
 
         learner.train_step = step
-        return pairs(args, len(learner.tokenizer)), extra
+        return h.random_pairs(args, len(learner.tokenizer)), extra
 
     return h.measure_case(
         args,
@@ -92,7 +74,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4, help="preference pairs per step, one per micro-batch")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
+    h.flag(p, "--quick", "smoke run: the tiny model, 64-token prompts, 2 pairs, 2 steps")
     args = p.parse_args()
+    if args.quick:
+        args.model, args.prompt_tokens, args.response_tokens, args.batch, args.steps = "tiny", 64, 8, 2, 2
     cases = [c for c in args.cases.split(",") if c]
     rows = h.dispatch(__file__, args, cases, run_case)
     if rows is None:

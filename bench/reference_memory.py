@@ -30,29 +30,11 @@ import _harness as h
 CASES = ("live", "precompute")
 
 
-def pairs(args: argparse.Namespace, vocab: int) -> list:
-    import numpy as np
-
-    from lcray.data.schema import PreferenceExample
-
-    rng = np.random.default_rng(0)  # same seed in both children: the same pairs
-    ids = lambda n: rng.integers(10, vocab, size=n).tolist()  # noqa: E731
-    return [
-        PreferenceExample(
-            prompt_ids=ids(args.prompt_tokens),
-            chosen_ids=ids(args.response_tokens),
-            rejected_ids=[ids(args.response_tokens)],
-            id=str(i),
-        )
-        for i in range(args.batch)
-    ]
-
-
 def run_case(case: str, args: argparse.Namespace) -> dict:
     def batch(learner):
         from lcray.learner import reference_pass
 
-        examples = pairs(args, len(learner.tokenizer))
+        examples = h.random_pairs(args, len(learner.tokenizer))
         ref_mb = sum(p.numel() * p.element_size() for p in learner.ref.parameters()) / 2**20
         extra = dict(ref_mb=ref_mb, ref_pass=0.0, losses=[])
         if case == "precompute":
