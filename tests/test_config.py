@@ -206,6 +206,7 @@ def test_missing_file_is_a_config_error(tmp_path):
         ("rollout.gpu_memory_utilization=1.1", "rollout.gpu_memory_utilization"),
         ("rollout.sync_every=0", "rollout.sync_every"),
         ("model.lora.r=-1", "model.lora.r"),
+        ("model.gradient_checkpointing_min_tokens=0", "model.gradient_checkpointing_min_tokens"),
         ("ckpt.keep_last=0", "ckpt.keep_last"),
     ],
 )

@@ -39,7 +39,12 @@ class ModelConfig:
     # preference-optimization updates; learner.bf16=true still gives DeepSpeed's bf16 mode).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     attn_implementation: str = "sdpa"  # HF attention kernel (sdpa, eager, flash_attention_2)
-    gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    # Recompute each decoder layer's activations in backward instead of keeping them: true = every
+    # training forward, false = never, None (auto) = a forward of at least
+    # gradient_checkpointing_min_tokens tokens (per rank). Costs ~15-25% of the step's time; see
+    # lcray/learner/model_setup.py for the measured trade.
+    gradient_checkpointing: bool | None = None
+    gradient_checkpointing_min_tokens: int = 512
     rope_theta: float | None = None  # override the RoPE base; None = keep the model's
     max_position_embeddings: int | None = None  # override the context window; None = keep the model's
     lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA adapters (off when r == 0)

@@ -34,6 +34,7 @@ _CHECKS: dict[str, tuple] = {
     "model.rope_theta": _at_least(0, strict=True),
     "model.max_position_embeddings": _POS,
     "model.lora.r": _NONNEG,
+    "model.gradient_checkpointing_min_tokens": _POS,
     "model.lora.dropout": _between(0, 1, hi_open=True),
     **{
         f"data.{k}": _POS

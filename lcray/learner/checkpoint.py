@@ -20,6 +20,27 @@ from lcray.utils.fs import atomic_dir
 log = logging.getLogger(__name__)
 
 
+def write_hf_folder_from_ranks(
+    buckets: Iterable[Sequence[tuple[str, torch.Tensor]] | None],
+    rank: int,
+    source_dir: str | os.PathLike[str],
+    tokenizer: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    overrides: dict[str, Any] | None = None,
+) -> None:
+    """write_hf_folder on rank 0 from a collective bucket stream (learner.export.iter_buckets):
+    every rank drives the stream to its end, rank 0 writing, so under ZeRO-3 no rank is left
+    waiting in a gather, not even when the write fails."""
+    buckets = iter(buckets)
+    try:
+        if rank == 0:
+            write_hf_folder(buckets, source_dir, tokenizer, out_dir, overrides=overrides)
+    finally:
+        for _ in buckets:
+            pass
+
+
 def write_hf_folder(
     state: Mapping[str, torch.Tensor] | Iterable[Sequence[tuple[str, torch.Tensor]]],
     source_dir: str | os.PathLike[str],

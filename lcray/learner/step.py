@@ -1,9 +1,9 @@
 """The learner step: one DeepSpeed rank that turns preference examples into optimizer steps.
 
 Forward of chosen / rejected (and y_w on the long context), the loss through
-lcray.algos.objective, the staged backward, micro-batch planning and the DeepSpeed micro-steps.
-What is trained is built in model_setup.py; weights leave through export.py; how sequences sit
-in rows is models/layout.py; sequence parallelism is sequence_parallel.py.
+lcray.algos.objective, the staged backward and the micro-steps (micro_batches.py plans them,
+engine_steps.py adapts DeepSpeed to them). What is trained: model_setup.py; weights out:
+export.py; rows: models/layout.py; sequence parallelism: sequence_parallel.py.
 
 Pure Python + torch.distributed; no Ray. `actors/learner.py` wraps it in an actor and a group
 of them forms one torch.distributed world. Expects the process group to be initialized
@@ -25,13 +25,14 @@ from lcray.algos import needs_reference, uses_gamma
 from lcray.algos.objective import SeqLogps, preference_objective, solo_ra_objective
 from lcray.config import LcrayConfig
 from lcray.data.schema import PreferenceExample
-from lcray.learner import collectives, export, model_setup, reference_pass, sequence_parallel
+from lcray.learner import collectives, engine_steps, export, model_setup, reference_pass, sequence_parallel
 from lcray.learner.ds_config import build_ds_config, examples_per_rank
 from lcray.learner.micro_batches import MicroBatch, plan_micro_batches
 from lcray.models import load_tokenizer, resolve_model_path, sequence_logprobs
 from lcray.models.layout import Group, layout_groups
 from lcray.models.logprobs import token_logprobs
 from lcray.models.precision import learner_precision
+from lcray.utils.host_memory import release_free_memory
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -93,11 +94,12 @@ class PolicyLearner:
             mpu=self.mpu,
         )
         self.device = collectives.learner_device(self.engine)
+        engine_steps.skip_single_rank_allreduce(self.engine, self.world_size, self.zero_stage)
+        self.checkpoint_from = model_setup.checkpoint_threshold(cfg)
         self.ref = None
         if needs_reference(cfg.algo.loss_type):
-            ref_ds_config = build_ds_config(
-                lr, self.world_size, with_optimizer=False, bf16=self.precision.deepspeed_bf16
-            )
+            bf16 = self.precision.deepspeed_bf16
+            ref_ds_config = build_ds_config(lr, self.world_size, with_optimizer=False, bf16=bf16)
             self.ref = model_setup.load_reference(
                 cfg, self.model_path, self.ds_config, ref_ds_config, device=self.device, mpu=self.mpu
             )
@@ -113,15 +115,6 @@ class PolicyLearner:
             pad_id=self.tokenizer.pad_token_id or 0,
         )
 
-    def _reduced_grad_norm(self) -> float:
-        """The pre-clipping norm of the step's gradients, read before the boundary's engine.step():
-        at stage 0 in fp32 DeepSpeed clips with clip_grad_norm_ and keeps no norm (a single learner
-        runs ZeRO-1/2 as stage 0). The last backward already all-reduced them over the ranks."""
-        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        if not grads:
-            return 0.0
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
-
     def _autocast(self) -> Any:
         """bf16 autocast around a forward when model.dtype=auto picked it (backward runs outside;
         the checkpointed recomputes restore it). Otherwise nothing: not autocast(enabled=False),
@@ -131,8 +124,12 @@ class PolicyLearner:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _logps(self, model: Any, groups: list[Group]) -> SeqLogps:
+        layout = self._layout(groups)
+        if self.checkpoint_from is not None and torch.is_grad_enabled():
+            tokens = layout.input_ids.numel() // (self.sp.size if self.sp is not None else 1)
+            model_setup.set_checkpointing(self.engine.module, tokens >= self.checkpoint_from)
         with self._autocast():
-            return sequence_logprobs(model, self._layout(groups), sp=self.sp)
+            return sequence_logprobs(model, layout, sp=self.sp)
 
     @contextlib.contextmanager
     def _reference(self) -> Iterator[Any]:
@@ -328,19 +325,21 @@ class PolicyLearner:
         # DeepSpeed's accumulation counts every backward: this step's count (the same on every
         # rank) becomes its gradient_accumulation_steps, and it divides each loss by it.
         backwards = len(plan) * self.passes
-        self._set_accumulation(backwards)
+        engine_steps.set_accumulation(self.engine, backwards, self.dp_size)
         own_norm: float | None = None
         for mb in plan:
             passes = self._backward_passes(mb.examples)
             for _ in range(self.passes):
-                self._begin_micro_batch()  # before the forward, as DeepSpeedEngine.forward would
+                engine_steps.begin_micro_batch(self.engine)
                 loss, metrics, n = next(passes)
                 if not collectives.all_finite(loss, self.device):
                     raise NonFiniteLossError(self.global_step + 1, float(loss), [e.id for e in mb.examples])
                 self.engine.backward(loss * (mb.weight * backwards * self.grad_scale))
                 if self.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
-                    own_norm = self._reduced_grad_norm()
+                    own_norm = engine_steps.grad_norm(self.engine)
                 self.engine.step()  # an update only at the accumulation boundary
+                if self.device.type == "cpu":
+                    release_free_memory()  # freed activations, Adam temporaries (utils/host_memory.py)
                 tokens += n if mb.weight > 0 else 0
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v * mb.weight
@@ -355,29 +354,8 @@ class PolicyLearner:
         # Every rank of an SP group forwards (its slice of) the same rows: count them once.
         out["tokens_per_sec"] = tokens * self.dp_size / max(elapsed, 1e-9)
         out["step_time"] = elapsed
-        # Peak resident memory of this learner process so far (Linux reports KiB).
-        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         return out
-
-    def _set_accumulation(self, steps: int) -> None:
-        """DeepSpeed's gradient_accumulation_steps for this step, as engine.set_train_batch_size
-        sets it (that method divides by engine.dp_world_size, which is None under an SP mpu). The
-        ZeRO optimizer keeps its own copy (read on its CPU-offload path): kept in step."""
-        self.engine._config.gradient_accumulation_steps = steps
-        self.engine._config.train_batch_size = steps * self.dp_size
-        if hasattr(self.engine.optimizer, "gradient_accumulation_steps"):
-            self.engine.optimizer.gradient_accumulation_steps = steps
-
-    def _begin_micro_batch(self) -> None:
-        """What DeepSpeedEngine.forward does before running the module.
-
-        sequence_logprobs runs the decoder and lm_head itself (to chunk the vocab projection),
-        bypassing engine.forward; ZeRO-3 needs this call to advance its micro-step counter,
-        otherwise each micro-batch overwrites the gradients of the previous one.
-        """
-        clear = getattr(self.engine.optimizer, "clear_backward_seen_flag", None)
-        if clear is not None:
-            clear()
 
     # ------------------------------------------------------------------ weights out
     def export_state_dict(self) -> dict[str, torch.Tensor] | None:
@@ -387,25 +365,14 @@ class PolicyLearner:
         )
 
     def save_hf_model(self, out_dir: str) -> None:
-        """Save the (merged) policy as an HF folder with safetensors; collective under ZeRO-3."""
-        from lcray.learner.checkpoint import write_hf_folder
+        """Save the (merged) policy as an HF folder with safetensors; collective under ZeRO-3.
+        Streamed one bucket at a time: the whole model is never gathered at once."""
+        from lcray.learner.checkpoint import write_hf_folder_from_ranks
 
-        buckets = self.weight_buckets()  # streamed: the whole model is never gathered at once
-        if self.rank != 0:
-            for _ in buckets:  # join every bucket's gather
-                pass
-            return
-        try:
-            write_hf_folder(
-                buckets,
-                self.model_path,
-                self.tokenizer,
-                out_dir,
-                overrides=model_setup.model_overrides(self.cfg, self.model_path),
-            )
-        finally:
-            for _ in buckets:  # a failed write must not leave the other ranks waiting in a gather
-                pass
+        overrides = model_setup.model_overrides(self.cfg, self.model_path)
+        write_hf_folder_from_ranks(
+            self.weight_buckets(), self.rank, self.model_path, self.tokenizer, out_dir, overrides=overrides
+        )
 
     def weight_buckets(self) -> Iterator[export.Bucket | None]:
         """The policy's HF-named weights (LoRA merged) on CPU, one bucket of at most

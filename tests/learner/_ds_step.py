@@ -32,6 +32,26 @@ def examples(tokenizer, n: int, *, rejected: bool = True) -> list[PreferenceExam
     return out
 
 
+def count_checkpointed_layers(model) -> dict:
+    """Count decoder-layer forwards that actually run under activation checkpointing (HF calls
+    the layer's _gradient_checkpointing_func exactly then)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    counter = {"calls": 0, "layers": 0}
+    for layer in model.modules():
+        if isinstance(layer, GradientCheckpointingLayer):
+            counter["layers"] += 1
+            func = getattr(layer, "_gradient_checkpointing_func", None)
+            if func is not None:
+
+                def counted(*a, _func=func, **k):
+                    counter["calls"] += 1
+                    return _func(*a, **k)
+
+                layer._gradient_checkpointing_func = counted
+    return counter
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
@@ -43,6 +63,7 @@ def main() -> None:
         "--cpu-flags", default=None, help="comma-separated CPU flags model.dtype=auto sees (else /proc/cpuinfo)"
     )
     p.add_argument("--no-rejected", action="store_true", help="SFT examples: no rejected response (M = 0)")
+    p.add_argument("--no-allreduce", action="store_true", help="fail if DeepSpeed's stage-0 all-reduce runs")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     if args.cpu_flags is not None:
@@ -53,6 +74,13 @@ def main() -> None:
     init_process_group(0, 1, "127.0.0.1", free_port())
     learner = PolicyLearner(cfg, total_steps=args.steps)
     batch = examples(learner.tokenizer, cfg.learner.train_batch_size, rejected=not args.no_rejected)
+    checkpointed = count_checkpointed_layers(learner.engine.module)
+    if args.no_allreduce:
+
+        def refuse(*a, **k):
+            raise AssertionError("a single rank ran DeepSpeed's gradient all-reduce")
+
+        learner.engine.buffered_allreduce_fallback = refuse
     metrics, error = [], None
     for step in range(1, args.steps + 1):
         if step == args.nan_beta_at:
@@ -101,6 +129,8 @@ def main() -> None:
                 "param_dtype": str(next(learner.engine.module.parameters()).dtype),
                 "ds_bf16": learner.engine.bfloat16_enabled(),
                 "autocast": learner.precision.autocast,
+                "checkpointed_layer_calls": checkpointed["calls"],
+                "num_layers": checkpointed["layers"],
             }
         ),
         flush=True,

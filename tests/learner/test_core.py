@@ -179,3 +179,35 @@ def test_bf16_learners_train_like_fp32(tiny_model_dir):
         assert losses[-1] < losses[0] - 0.1, losses
         assert losses == pytest.approx(reference, abs=0.01)
         assert out["all_finite"]
+
+
+@pytest.mark.parametrize(
+    "setting,min_tokens,expect",
+    [("null", 1, "all"), ("null", 10**6, "none"), ("true", 10**6, "all"), ("false", 1, "none")],
+)
+def test_gradient_checkpointing_by_forward_length(tiny_model_dir, setting, min_tokens, expect):
+    """model.gradient_checkpointing=None (auto) checkpoints a training forward only when it holds
+    at least gradient_checkpointing_min_tokens tokens; true always, false never. The layers'
+    checkpoint function is counted, so the test sees what really ran. The losses do not change."""
+    common = ("algo.loss_type=simpo", "learner.train_batch_size=2", "learner.lr_scheduler_type=constant")
+    out = run_steps(
+        tiny_model_dir,
+        *common,
+        f"model.gradient_checkpointing={setting}",
+        f"model.gradient_checkpointing_min_tokens={min_tokens}",
+        steps=2,
+    )
+    forwards = 2 * 2  # steps x micro-batches, one policy forward each
+    calls = out["checkpointed_layer_calls"]
+    assert calls == (forwards * out["num_layers"] if expect == "all" else 0)
+    plain = run_steps(tiny_model_dir, *common, "model.gradient_checkpointing=false", steps=2)
+    assert [m["loss"] for m in out["metrics"]] == pytest.approx([m["loss"] for m in plain["metrics"]], rel=1e-6)
+
+
+def test_single_rank_skips_the_gradient_all_reduce(tiny_model_dir):
+    """One rank at stage 0 (ZeRO-1/2 become stage 0 there) does not flatten its gradients for an
+    all-reduce it does not need (a model-sized buffer); its steps still train and clip."""
+    out = run_steps(tiny_model_dir, "--no-allreduce", "learner.zero_stage=2", "learner.train_batch_size=2", steps=2)
+    assert out["error"] is None
+    assert all(m["grad_norm"] > 0 for m in out["metrics"])
+    assert out["changed"]
