@@ -14,7 +14,15 @@ the frozen reference's forwards in both cases), --batch pairs in ONE micro-batch
      backwarded in its own pass (short and long activations never alive together), at the cost
      of one no-grad forward of the chosen answer on x_short.
   longpo: the same pairs with prompt_ids = x_long, no long_prompt_ids, alpha=0 -> PO on the long
-     context: chosen AND rejected both forwarded on x_long.
+     context in lcray's default shared-prefix layout: x_long forwarded ONCE, chosen and rejected
+     both attending to it ([x_long | chosen | rejected] in one row).
+  longpo-plain: the same with learner.shared_prefix=false: chosen AND rejected each forwarded on
+     x_long (two long sequences), which is what the paper's Long-PO (and TRL) computes.
+Shared-prefix rows make Long-PO nearly as cheap as SoLoPO's own x_long forward, so against
+lcray's Long-PO SoLoPO's saving is about the short PO pass, not the long one; the paper's cost
+model compares against longpo-plain. Both ratios are printed.
+Activation checkpointing follows lcray's default (auto: forwards of >= 512 tokens) unless
+--grad-ckpt says true/false.
 x_long = distractor tokens + x_short (so the short context is a part of the long one); ids are
 random because the cost does not depend on them. Responses: one chosen + one rejected.
 
@@ -37,7 +45,7 @@ import argparse
 
 import _harness as h
 
-CASES = ("solopo", "solopo-staged", "longpo")
+CASES = ("solopo", "solopo-staged", "longpo", "longpo-plain")
 
 
 def lengths(args: argparse.Namespace) -> tuple[int, int]:
@@ -53,6 +61,8 @@ def sequences(case: str, args: argparse.Namespace) -> list[int]:
         return [short + r] * (2 * b) + [long + r] * b
     if case == "solopo-staged":  # + the no-grad forward of y_w on x_short
         return [short + r] * (3 * b) + [long + r] * b
+    if case == "longpo":  # one row per pair: x_long once, both answers forked from it
+        return [long + 2 * r] * b
     return [long + r] * (2 * b)
 
 
@@ -92,7 +102,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
         )
         return pairs(case, args, len(learner.tokenizer)), extra
 
-    alpha = 0 if case == "longpo" else 1
+    alpha = 0 if case.startswith("longpo") else 1
     staged = case == "solopo-staged"
     return h.measure_case(
         args,
@@ -102,6 +112,8 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
             f"algo.loss_type={args.loss_type}",
             f"algo.solo_ra.alpha={alpha}",
             f"algo.solo_ra.staged_backward={str(staged).lower()}",
+            f"learner.shared_prefix={str(case != 'longpo-plain').lower()}",
+            *([] if args.grad_ckpt == "auto" else [f"model.gradient_checkpointing={args.grad_ckpt}"]),
         ],
         batch,
     )
@@ -115,14 +127,16 @@ def main() -> None:
     p.add_argument("--response-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=2, help="preference pairs per step (one micro-batch)")
     p.add_argument("--loss-type", choices=["dpo", "simpo", "orpo"], default="simpo")
+    p.add_argument("--grad-ckpt", choices=["auto", "true", "false"], default="auto")
     args = p.parse_args()
     rows = h.dispatch(__file__, args, CASES, run_case)
     if rows is None:
         return
-    s, staged, lp = rows
+    s, staged, lp, plain = rows
     short, long = lengths(args)
     print(
         f"model: {args.model}  loss: {args.loss_type}  ZeRO-2, 1 CPU rank, {args.threads} threads, "
+        f"gradient checkpointing {args.grad_ckpt}, "
         f"median of {args.steps} steps after 1 warm-up"
     )
     print(
@@ -131,7 +145,7 @@ def main() -> None:
     )
     h.print_table(
         rows,
-        ("SoLoPO", "SoLoPO staged", "Long-PO"),
+        ("SoLoPO", "SoLoPO staged", "Long-PO", "Long-PO plain"),
         [
             ("PO prompt", 11, "prompt", "d"),
             ("seqs", 6, "seqs", "d"),
@@ -145,6 +159,9 @@ def main() -> None:
     )
     h.print_ratios(s, lp, "SoLoPO/Long-PO", 0.5)
     h.print_ratios(staged, lp, "staged/Long-PO", 0.5)
+    h.print_ratios(s, plain, "SoLoPO/Long-PO plain", 0.58)
+    h.print_ratios(staged, plain, "staged/Long-PO plain", 0.58)
+    h.print_ratios(staged, s, "staged/joint SoLoPO", 1.0)
     rho = short / long
     print(
         f"expected from shapes: tokens {s['tokens'] / lp['tokens']:.3f}x, sum L^2 {s['attn'] / lp['attn']:.3f}x "
