@@ -95,7 +95,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
         seqs = sequences(case, args)
         short, long = lengths(args)
         extra = dict(
-            prompt=long if case == "longpo" else short,
+            prompt=long if case.startswith("longpo") else short,
             seqs=len(seqs),
             tokens=sum(seqs),
             attn=sum(n * n for n in seqs) / 1e6,

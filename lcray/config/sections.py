@@ -173,7 +173,10 @@ class SoloRAConfig:
     # Backward the x_long term in its own pass, so short- and long-context activations are never
     # alive together (lower peak memory; costs one no-grad forward of y_w on x_short and one more
     # gradient reduction per micro-batch). Same gradient as the joint backward. No-op if alpha == 0.
-    staged_backward: bool = False
+    # None (auto) = for steps whose longest x_long has >= staged_backward_min_tokens tokens
+    # (measured in lcray/learner/staged_backward.py).
+    staged_backward: bool | None = None
+    staged_backward_min_tokens: int = 4096
 
 
 @dataclass

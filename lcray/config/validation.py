@@ -35,6 +35,7 @@ _CHECKS: dict[str, tuple] = {
     "model.max_position_embeddings": _POS,
     "model.lora.r": _NONNEG,
     "model.gradient_checkpointing_min_tokens": _POS,
+    "algo.solo_ra.staged_backward_min_tokens": _POS,
     "model.lora.dropout": _between(0, 1, hi_open=True),
     **{
         f"data.{k}": _POS

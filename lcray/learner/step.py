@@ -1,9 +1,9 @@
 """The learner step: one DeepSpeed rank that turns preference examples into optimizer steps.
 
 Forward of chosen / rejected (and y_w on the long context), the loss through
-lcray.algos.objective, the staged backward and the micro-steps (micro_batches.py plans them,
-engine_steps.py adapts DeepSpeed to them). What is trained: model_setup.py; weights out:
-export.py; rows: models/layout.py; sequence parallelism: sequence_parallel.py.
+lcray.algos.objective and the micro-steps: micro_batches.py plans them, engine_steps.py adapts
+DeepSpeed to them, staged_backward.py splits SoLoPO's. What is trained: model_setup.py; weights
+out: export.py; rows: models/layout.py; sequence parallelism: sequence_parallel.py.
 
 Pure Python + torch.distributed; no Ray. `actors/learner.py` wraps it in an actor and a group
 of them forms one torch.distributed world. Expects the process group to be initialized
@@ -22,12 +22,13 @@ from typing import Any
 import torch
 
 from lcray.algos import needs_reference, uses_gamma
-from lcray.algos.objective import SeqLogps, preference_objective, solo_ra_objective
+from lcray.algos.objective import SeqLogps, preference_objective
 from lcray.config import LcrayConfig
 from lcray.data.schema import PreferenceExample
 from lcray.learner import collectives, engine_steps, export, model_setup, reference_pass, sequence_parallel
 from lcray.learner.ds_config import build_ds_config, examples_per_rank
 from lcray.learner.micro_batches import MicroBatch, plan_micro_batches
+from lcray.learner.staged_backward import StagedBackward, staged_threshold
 from lcray.models import load_tokenizer, resolve_model_path, sequence_logprobs
 from lcray.models.layout import Group, layout_groups
 from lcray.models.logprobs import token_logprobs
@@ -48,7 +49,7 @@ class NonFiniteLossError(FloatingPointError):
         self.step, self.loss = step, loss
 
 
-class PolicyLearner:
+class PolicyLearner(StagedBackward):
     """Policy (+ frozen reference for DPO) under DeepSpeed ZeRO 0-3, optionally sequence-parallel."""
 
     def __init__(self, cfg: LcrayConfig, *, total_steps: int | None = None) -> None:
@@ -71,8 +72,9 @@ class PolicyLearner:
         self.shared_prefix = (not flash) if lr.shared_prefix is None else lr.shared_prefix
         self.pack = lr.packing_samples or lr.sequence_parallel_size > 1  # Ulysses takes one row
         solo_ra = cfg.algo.solo_ra
-        # Backward passes per micro-batch: 2 when the x_long term is backwarded on its own.
-        self.passes = 2 if solo_ra.staged_backward and solo_ra.alpha > 0 else 1
+        # x_long tokens from which SoLo-RA's term is backwarded on its own (staged_backward.py)
+        self.staged_from = staged_threshold(solo_ra.staged_backward, solo_ra.staged_backward_min_tokens, solo_ra.alpha)
+        self.passes = 1  # backward passes per micro-batch, set per step (passes_for)
         # model.dtype=auto on a machine with native bf16: fp32 weights, every forward under autocast
         self.precision = learner_precision(cfg)
         self.ds_config = build_ds_config(lr, self.world_size, bf16=self.precision.deepspeed_bf16)
@@ -221,7 +223,7 @@ class PolicyLearner:
         out: list[dict] = [{} for _ in examples]
         for mb in self._plan(examples):
             with self._reference() as ref_model:
-                if self.passes == 2:  # the staged backward's layouts (_long_pass): bitwise-equal rewards
+                if self.passes_for(mb.examples) == 2:  # the staged pass's layouts (_long_pass): equal rewards
                     chosen, rejected, _ = self._forward(ref_model, mb.examples, False)
                     long = self._logps(ref_model, [Group(e.long_prompt_ids, [e.chosen_ids]) for e in mb.examples])
                 else:
@@ -236,57 +238,6 @@ class PolicyLearner:
         if self.ref not in (None, model_setup.ADAPTERS_OFF):
             self.ref = None
             gc.collect()
-
-    def _long_pass(
-        self, examples: list[PreferenceExample]
-    ) -> tuple[torch.Tensor, tuple[SeqLogps, SeqLogps | None], int]:
-        """Staged backward, first pass: the SoLo-RA term with r(x_short, y_w) as a constant.
-
-        Needs r(x_short, y_w)'s value before the short pass runs, hence one no-grad forward of y_w
-        on x_short (the cheap side). Returns (loss, detached (policy, reference) log-probs of y_w
-        on x_long for the second pass, tokens forwarded).
-        """
-        algo = self.cfg.algo
-        long = [Group(e.long_prompt_ids, [e.chosen_ids]) for e in examples]
-        ref_short = ref_long = None
-        if needs_reference(algo.loss_type) and reference_pass.has_reference(examples):
-            ref_short, _, ref_long = reference_pass.from_meta(examples, True, self.device)
-        elif needs_reference(algo.loss_type):
-            with self._reference() as ref_model:  # the policy's layouts below, for bitwise-equal rewards
-                ref_short, _, _ = self._forward(ref_model, examples, False)
-                ref_long = self._logps(ref_model, long)
-        with torch.no_grad():  # the second pass's layout, so r(x_short, y_w) is bitwise the same there
-            chosen, _, _ = self._forward(self.engine, examples, False)
-        chosen_long = self._logps(self.engine, long)
-        loss = solo_ra_objective(
-            loss_type=algo.loss_type,
-            beta=algo.beta,
-            alpha=algo.solo_ra.alpha,
-            distance=algo.solo_ra.distance,
-            chosen=chosen,
-            chosen_long=chosen_long,
-            ref_chosen=ref_short,
-            ref_chosen_long=ref_long,
-        )
-        detached = SeqLogps(chosen_long.logp.detach(), chosen_long.n_tokens)
-        tokens = sum(e.long_tokens() + len(e.prompt_ids) + len(e.chosen_ids) for e in examples)
-        return loss, (detached, ref_long), tokens
-
-    def _backward_passes(
-        self, examples: list[PreferenceExample]
-    ) -> Iterator[tuple[torch.Tensor, dict[str, float], int]]:
-        """(loss, metrics, tokens) per backward pass of one micro-batch; metrics on the last one.
-
-        One pass normally. Staged (self.passes == 2): the x_long term first, then the rest; the
-        caller runs each backward before the next pass is computed, so the long forward's
-        activations are freed before the short forward starts.
-        """
-        if self.passes == 1:
-            yield self.micro_batch_loss(examples)
-            return
-        loss, long, long_tokens = self._long_pass(examples)
-        yield loss, {}, long_tokens
-        yield self.micro_batch_loss(examples, long=long)
 
     # ------------------------------------------------------------------ training
     def _plan(self, examples: list[PreferenceExample]) -> list[MicroBatch]:
@@ -322,6 +273,7 @@ class PolicyLearner:
         sums: dict[str, float] = {}
         tokens = 0
         plan = self._plan(examples)
+        self.passes = self.passes_for(examples)
         # DeepSpeed's accumulation counts every backward: this step's count (the same on every
         # rank) becomes its gradient_accumulation_steps, and it divides each loss by it.
         backwards = len(plan) * self.passes

@@ -81,12 +81,13 @@ def main() -> None:
             raise AssertionError("a single rank ran DeepSpeed's gradient all-reduce")
 
         learner.engine.buffered_allreduce_fallback = refuse
-    metrics, error = [], None
+    metrics, error, passes = [], None, []
     for step in range(1, args.steps + 1):
         if step == args.nan_beta_at:
             learner.cfg.algo.beta = float("nan")
         try:
             metrics.append(learner.train_step(batch))
+            passes.append(learner.passes)
         except FloatingPointError as e:
             error = str(e)
             break
@@ -131,6 +132,7 @@ def main() -> None:
                 "autocast": learner.precision.autocast,
                 "checkpointed_layer_calls": checkpointed["calls"],
                 "num_layers": checkpointed["layers"],
+                "passes": passes,
             }
         ),
         flush=True,

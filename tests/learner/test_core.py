@@ -107,7 +107,7 @@ def test_staged_solo_ra_backward_takes_the_joint_steps(tiny_model_dir, stage, lo
         "learner.micro_train_batch_size=2",
         "learner.lr_scheduler_type=constant",
     )
-    joint = run_steps(tiny_model_dir, *common)["metrics"]
+    joint = run_steps(tiny_model_dir, *common, "algo.solo_ra.staged_backward=false")["metrics"]
     staged = run_steps(tiny_model_dir, *common, "algo.solo_ra.staged_backward=true")["metrics"]
     assert joint[-1]["loss"] != pytest.approx(joint[0]["loss"], rel=1e-3)  # the steps do change the model
     assert joint[-1]["solo_ra"] > 0
@@ -211,3 +211,19 @@ def test_single_rank_skips_the_gradient_all_reduce(tiny_model_dir):
     assert out["error"] is None
     assert all(m["grad_norm"] > 0 for m in out["metrics"])
     assert out["changed"]
+
+
+@pytest.mark.parametrize("min_tokens,passes", [(1, 2), (10**6, 1)])
+def test_staged_backward_by_default_from_a_long_context_length(tiny_model_dir, min_tokens, passes):
+    """algo.solo_ra.staged_backward=None (the default) stages a step whose longest x_long reaches
+    staged_backward_min_tokens, and runs the joint backward below it."""
+    out = run_steps(
+        tiny_model_dir,
+        "algo.loss_type=simpo",
+        "algo.solo_ra.alpha=1.0",
+        "learner.train_batch_size=2",
+        f"algo.solo_ra.staged_backward_min_tokens={min_tokens}",
+        steps=2,
+    )
+    assert out["passes"] == [passes, passes]
+    assert all(m["solo_ra"] >= 0 for m in out["metrics"])
