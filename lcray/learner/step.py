@@ -290,11 +290,11 @@ class PolicyLearner(StagedBackward):
                 if self.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
                     own_norm = engine_steps.grad_norm(self.engine)
                 self.engine.step()  # an update only at the accumulation boundary
-                if self.device.type == "cpu":
-                    release_free_memory()  # freed activations, Adam temporaries (utils/host_memory.py)
                 tokens += n if mb.weight > 0 else 0
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v * mb.weight
+        if self.device.type == "cpu":
+            release_free_memory()  # the freed activations, once per step (utils/host_memory.py)
         elapsed = time.perf_counter() - start
         self.global_step += 1
         out = collectives.mean_over_ranks(sums, self.device)
