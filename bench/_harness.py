@@ -133,8 +133,9 @@ def measure_case(
     )
 
 
-def _child(script: str, args: argparse.Namespace, case: str, env: dict) -> dict:
-    cmd = [sys.executable, script, "--case", case] + [
+def _child(script: str, args: argparse.Namespace, case: str, env: dict, python: str = sys.executable) -> dict:
+    """Run `script --case CASE` with the parent's args in a fresh `python`; its last stdout line is JSON."""
+    cmd = [python, script, "--case", case] + [
         f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "case"
     ]
     out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout

@@ -255,14 +255,6 @@ def make_pairs(args: argparse.Namespace) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- driver
-def _child(python: Path, args: argparse.Namespace, case: str, env: dict) -> dict:
-    cmd = [str(python), __file__, "--case", case] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "case"
-    ]
-    out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def report(rows: dict[str, dict], args: argparse.Namespace) -> bool:
     """Print losses, the table and the ratios; True when every step-1 loss pair agrees."""
     tol, ok = STEP1_TOL[bool(args.bf16)], True
@@ -328,11 +320,11 @@ def main() -> None:
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as work:
         args.work = work
-        args.model = _child(Path(sys.executable), args, "prep-", env)["model"]
+        args.model = h._child(__file__, args, "prep-", env)["model"]
         for loss in args.losses.split(","):
             for python, side in ((trl_python, "trl"), (Path(sys.executable), "lcray")):
                 print(f"running {side}-{loss} ...", file=sys.stderr, flush=True)
-                rows[f"{side}-{loss}"] = _child(python, args, f"{side}-{loss}", env)
+                rows[f"{side}-{loss}"] = h._child(__file__, args, f"{side}-{loss}", env, python=str(python))
     if not report(rows, args):
         sys.exit(1)
 
